@@ -1,0 +1,318 @@
+"""How requests prove who they are: one Authenticator per `SNAPSYNC_AUTH` mode."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import aiohttp
+
+from app import errors, signing
+from app import settings as settings_module
+
+log = logging.getLogger("app.auth")
+
+# Renew an IAM token this long before it expires (tokens live 24 h).
+RENEW_AHEAD = timedelta(minutes=15)
+LOGIN_ATTEMPTS = 4
+
+
+def canonical_query(params: Sequence[tuple[str, str]]) -> str:
+    """The query sorted by (key, value), each part encoded with quote(safe='~').
+
+    Huawei's gateway signs the query in this form, so every mode sends it this way.
+    """
+    return "&".join(
+        f"{quote(key, safe='~')}={quote(value, safe='~')}" for key, value in sorted(params)
+    )
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """What to send: the full URL (query already encoded) and the headers."""
+
+    url: str
+    headers: dict[str, str]
+
+
+class Authenticator(Protocol):
+    """Adds credentials to a request of one project."""
+
+    async def prepare(
+        self,
+        *,
+        method: str,
+        url: str,
+        params: Sequence[tuple[str, str]],
+        headers: dict[str, str],
+        body: bytes,
+        project_id: str,
+        region: str,
+    ) -> PreparedRequest:
+        """Return the request to send, with its credentials."""
+        ...
+
+    async def unauthorized(self, *, project_id: str, region: str) -> bool:
+        """The API answered 401; return True when fresh credentials make a retry worthwhile."""
+        ...
+
+    async def close(self) -> None:
+        """Forget any credentials held in memory."""
+        ...
+
+
+class TokenAuth:
+    """`SNAPSYNC_AUTH=token`: a ready X-Auth-Token on every request."""
+
+    def __init__(self, *, token: str) -> None:
+        self._token = token
+
+    def __repr__(self) -> str:
+        return "TokenAuth(token=**********)"
+
+    async def prepare(
+        self,
+        *,
+        method: str,
+        url: str,
+        params: Sequence[tuple[str, str]],
+        headers: dict[str, str],
+        body: bytes,
+        project_id: str,
+        region: str,
+    ) -> PreparedRequest:
+        query = canonical_query(params)
+        return PreparedRequest(
+            url=f"{url}?{query}" if query else url,
+            headers={**headers, "X-Auth-Token": self._token},
+        )
+
+    async def unauthorized(self, *, project_id: str, region: str) -> bool:
+        return False  # a static token does not get better by asking again
+
+    async def close(self) -> None:
+        return None
+
+
+class AkSkAuth:
+    """`SNAPSYNC_AUTH=aksk`: every request signed with SDK-HMAC-SHA256, as Huawei's SDKs do."""
+
+    def __init__(
+        self, *, access_key: str, secret_key: str, security_token: str | None = None
+    ) -> None:
+        self._access_key = access_key
+        self._secret_key = secret_key
+        self._security_token = security_token
+
+    def __repr__(self) -> str:
+        return "AkSkAuth(access_key=**********, secret_key=**********)"
+
+    async def prepare(
+        self,
+        *,
+        method: str,
+        url: str,
+        params: Sequence[tuple[str, str]],
+        headers: dict[str, str],
+        body: bytes,
+        project_id: str,
+        region: str,
+    ) -> PreparedRequest:
+        signed = signing.sign_request(
+            method=method,
+            url=url,
+            params=params,
+            headers=headers,
+            body=body,
+            access_key=self._access_key,
+            secret_key=self._secret_key,
+            security_token=self._security_token,
+            project_id=project_id,
+        )
+        return PreparedRequest(url=signed.url, headers=dict(signed.headers))
+
+    async def unauthorized(self, *, project_id: str, region: str) -> bool:
+        return False  # a rejected signature stays rejected: the keys or the clock are wrong
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass
+class _IamToken:
+    value: str
+    expires_at: datetime
+
+
+class IamPasswordAuth:
+    """`SNAPSYNC_AUTH=password`: one project-scoped IAM token per project, in memory only.
+
+    A token is shared by every request of its project, renewed ahead of expiry and at once
+    after a 401; concurrent requests of one project never log in twice.
+    """
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        settings: settings_module.Settings,
+        user: str,
+        password: str,
+        domain: str,
+    ) -> None:
+        self._session = session
+        self._settings = settings
+        self._user = user
+        self._password = password
+        self._domain = domain
+        self._tokens: dict[str, _IamToken] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.logins = 0
+
+    def __repr__(self) -> str:
+        return f"IamPasswordAuth(user={self._user!r}, password=**********)"
+
+    async def prepare(
+        self,
+        *,
+        method: str,
+        url: str,
+        params: Sequence[tuple[str, str]],
+        headers: dict[str, str],
+        body: bytes,
+        project_id: str,
+        region: str,
+    ) -> PreparedRequest:
+        token = await self._token(project_id, region)
+        query = canonical_query(params)
+        return PreparedRequest(
+            url=f"{url}?{query}" if query else url,
+            headers={**headers, "X-Auth-Token": token.value},
+        )
+
+    async def unauthorized(self, *, project_id: str, region: str) -> bool:
+        self._tokens.pop(project_id, None)
+        return True
+
+    async def close(self) -> None:
+        self._tokens.clear()
+
+    async def _token(self, project_id: str, region: str) -> _IamToken:
+        current = self._tokens.get(project_id)
+        if current is not None and not self._stale(current):
+            return current
+        lock = self._locks.setdefault(project_id, asyncio.Lock())
+        async with lock:
+            current = self._tokens.get(project_id)
+            if current is not None and not self._stale(current):
+                return current  # another request of this project logged in meanwhile
+            token = await self._login(project_id, region)
+            self._tokens[project_id] = token
+            return token
+
+    @staticmethod
+    def _stale(token: _IamToken) -> bool:
+        return datetime.now(UTC) >= token.expires_at - RENEW_AHEAD
+
+    async def _login(self, project_id: str, region: str) -> _IamToken:
+        url = self._settings.iam_endpoint_for(region) + "/v3/auth/tokens?nocatalog=true"
+        body = {
+            "auth": {
+                "identity": {
+                    "methods": ["password"],
+                    "password": {
+                        "user": {
+                            "name": self._user,
+                            "password": self._password,
+                            "domain": {"name": self._domain},
+                        }
+                    },
+                },
+                "scope": {"project": {"id": project_id}},
+            }
+        }
+        timeout = aiohttp.ClientTimeout(total=self._settings.request_timeout)
+        for attempt in range(LOGIN_ATTEMPTS):
+            try:
+                async with self._session.post(
+                    url, json=body, timeout=timeout, allow_redirects=False
+                ) as response:
+                    raw = await response.read()
+                    status = response.status
+                    token_value = response.headers.get("X-Subject-Token")
+                    request_id = response.headers.get("X-Request-Id")
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                failure: errors.ProjectError = errors.TransportError(
+                    project_id=project_id,
+                    reason=f"IAM login at {url.split('?')[0]} failed: {type(exc).__name__} {exc}",
+                )
+            else:
+                if status in (200, 201) and token_value:
+                    self.logins += 1
+                    log.info("logged in to IAM", extra={"project_id": project_id})
+                    return _IamToken(token_value, _expiry(raw))
+                failure = _iam_error(project_id, status, raw, request_id)
+                if status not in (429, 500, 502, 503, 504):
+                    raise failure
+            if attempt + 1 < LOGIN_ATTEMPTS:
+                await asyncio.sleep(random.uniform(0, 0.5 * 2**attempt))
+        raise failure
+
+
+def _expiry(raw: bytes) -> datetime:
+    """`token.expires_at` of an IAM answer; a missing or odd one means renewal within the hour."""
+    fallback = datetime.now(UTC) + timedelta(hours=1)
+    try:
+        payload: Any = json.loads(raw)
+        text = payload["token"]["expires_at"]
+        value = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except (ValueError, KeyError, TypeError):
+        return fallback
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _iam_error(project_id: str, status: int, raw: bytes, request_id: str | None) -> errors.ApiError:
+    from app import client
+
+    exc = client.api_error(project_id, status, raw, "", request_id)
+    if status == 401:
+        exc.error_msg = (
+            "IAM rejected the login: check SNAPSYNC_IAM_USER, SNAPSYNC_IAM_PASSWORD "
+            "and SNAPSYNC_IAM_DOMAIN" + (f" ({exc.error_msg})" if exc.error_msg else "")
+        )
+        exc.args = (exc._describe(),)
+    return exc
+
+
+def build_authenticator(
+    settings: settings_module.Settings, session: aiohttp.ClientSession
+) -> Authenticator:
+    """The authenticator of the configured mode."""
+    settings.require_credentials()
+    if settings.auth == "token":
+        assert settings.auth_token is not None
+        return TokenAuth(token=settings.auth_token.get_secret_value())
+    if settings.auth == "aksk":
+        assert settings.access_key is not None and settings.secret_key is not None
+        return AkSkAuth(
+            access_key=settings.access_key.get_secret_value(),
+            secret_key=settings.secret_key.get_secret_value(),
+            security_token=settings.security_token.get_secret_value()
+            if settings.security_token
+            else None,
+        )
+    assert settings.iam_user and settings.iam_password and settings.iam_domain
+    return IamPasswordAuth(
+        session=session,
+        settings=settings,
+        user=settings.iam_user,
+        password=settings.iam_password.get_secret_value(),
+        domain=settings.iam_domain,
+    )

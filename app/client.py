@@ -1,0 +1,353 @@
+"""The Workspace API client: one page of `GET /v2/{project_id}/snapshots`, retried, decoded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import yarl
+
+from app import auth as auth_module
+from app import errors
+from app import settings as settings_module
+
+log = logging.getLogger("app.client")
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+LIST_ORDER = (("sort_field", "create_time"), ("sort_type", "ASC"))
+MAX_BACKOFF = 30.0
+
+
+@dataclass(frozen=True)
+class Page:
+    """One decoded answer of the list API."""
+
+    offset: int
+    limit: int
+    total_count: int
+    items: list[Any]
+    request_id: str | None
+    fetched_at: datetime
+
+
+@dataclass
+class RequestStats:
+    """What it took to talk to the API (per project, for runs and metrics)."""
+
+    requests: int = 0
+    retries: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+
+    def count(self, status: int) -> None:
+        self.requests += 1
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+
+
+RequestHook = Callable[[str, int], None]
+"""Called with (project_id, HTTP status or 0 for no answer) after every request."""
+
+
+class WorkspaceClient:
+    """Lists snapshots of any configured project through one shared aiohttp session."""
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        settings: settings_module.Settings,
+        authenticator: auth_module.Authenticator,
+        on_request: RequestHook | None = None,
+        on_retry: RequestHook | None = None,
+    ) -> None:
+        self._session = session
+        self._settings = settings
+        self._auth = authenticator
+        self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout)
+        self._on_request = on_request
+        self._on_retry = on_retry
+
+    async def list_page(
+        self,
+        project: settings_module.Project,
+        *,
+        offset: int,
+        limit: int,
+        filters: Sequence[tuple[str, str]] = (),
+        stats: RequestStats | None = None,
+    ) -> Page:
+        """Fetch one page in the stable order (create_time ascending)."""
+        params = [*LIST_ORDER, *filters, ("offset", str(offset)), ("limit", str(limit))]
+        base = self._settings.endpoint_for(project.region)
+        url = f"{base}/v2/{quote(project.project_id, safe='')}/snapshots"
+        body = await self._request(project, url=url, params=params, stats=stats)
+        return decode_page(
+            body.payload,
+            project_id=project.project_id,
+            offset=offset,
+            limit=limit,
+            request_id=body.request_id,
+            fetched_at=body.fetched_at,
+        )
+
+    async def _request(
+        self,
+        project: settings_module.Project,
+        *,
+        url: str,
+        params: Sequence[tuple[str, str]],
+        stats: RequestStats | None,
+    ) -> _Answer:
+        """GET with retries on 429/5xx/timeouts/connection errors and one re-login on 401."""
+        attempt = 0
+        relogged = False
+        while True:
+            try:
+                return await self._attempt(project, url=url, params=params, stats=stats)
+            except errors.ApiError as exc:
+                if exc.status == 401 and not relogged:
+                    relogged = True
+                    if await self._auth.unauthorized(
+                        project_id=project.project_id, region=project.region
+                    ):
+                        continue
+                if not exc.transient or attempt >= self._settings.max_retries:
+                    raise
+                delay = self._backoff(attempt, exc.retry_after)
+                failure = str(exc)
+            except (errors.TransportError, errors.BadResponseError) as exc:
+                retryable = isinstance(exc, errors.TransportError) or exc.status in RETRY_STATUSES
+                if not retryable or attempt >= self._settings.max_retries:
+                    raise
+                delay = self._backoff(attempt, None)
+                failure = str(exc)
+            attempt += 1
+            if stats is not None:
+                stats.retries += 1
+            if self._on_retry is not None:
+                self._on_retry(project.project_id, attempt)
+            log.warning(
+                "retry %d/%d in %.1fs after: %s",
+                attempt,
+                self._settings.max_retries,
+                delay,
+                failure,
+                extra={"project_id": project.project_id},
+            )
+            await asyncio.sleep(delay)
+
+    @staticmethod
+    def _backoff(attempt: int, retry_after: float | None) -> float:
+        """Exponential backoff with full jitter; never shorter than the server's Retry-After."""
+        ceiling = min(MAX_BACKOFF, 0.5 * (2**attempt))
+        delay = random.uniform(0, ceiling)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return delay
+
+    async def _attempt(
+        self,
+        project: settings_module.Project,
+        *,
+        url: str,
+        params: Sequence[tuple[str, str]],
+        stats: RequestStats | None,
+    ) -> _Answer:
+        prepared = await self._auth.prepare(
+            method="GET",
+            url=url,
+            params=params,
+            headers={"Accept": "application/json"},
+            body=b"",
+            project_id=project.project_id,
+            region=project.region,
+        )
+        started = time.monotonic()
+        status = 0
+        try:
+            async with self._session.get(
+                yarl.URL(prepared.url, encoded=True),
+                headers=prepared.headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as response:
+                status = response.status
+                raw = await response.read()
+                request_id = response.headers.get("X-Request-Id")
+                retry_after = _retry_after(response.headers.get("Retry-After"))
+                content_type = response.headers.get("Content-Type", "")
+        except TimeoutError:
+            raise errors.TransportError(
+                project_id=project.project_id,
+                reason=f"no complete answer within {self._settings.request_timeout:g}s "
+                "(SNAPSYNC_REQUEST_TIMEOUT)",
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise errors.TransportError(
+                project_id=project.project_id, reason=f"{type(exc).__name__}: {exc}"
+            ) from None
+        finally:
+            if stats is not None:
+                stats.count(status)
+            if self._on_request is not None:
+                self._on_request(project.project_id, status)
+        log.debug(
+            "GET %s -> %d in %.3fs (%d bytes, X-Request-Id %s)",
+            url,
+            status,
+            time.monotonic() - started,
+            len(raw),
+            request_id,
+            extra={"project_id": project.project_id},
+        )
+        fetched_at = datetime.now(UTC)
+        if not 200 <= status < 300:
+            raise api_error(project.project_id, status, raw, content_type, request_id, retry_after)
+        try:
+            payload = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        except UnicodeDecodeError as exc:
+            raise errors.BadResponseError(
+                project_id=project.project_id,
+                status=status,
+                request_id=request_id,
+                reason=f"body is not UTF-8 ({exc.reason} at byte {exc.start})",
+            ) from None
+        except (ValueError, RecursionError) as exc:
+            raise errors.BadResponseError(
+                project_id=project.project_id,
+                status=status,
+                request_id=request_id,
+                reason=f"body is not JSON ({_describe_body(raw, content_type, exc)})",
+            ) from None
+        return _Answer(payload=payload, request_id=request_id, fetched_at=fetched_at)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    payload: Any
+    request_id: str | None
+    fetched_at: datetime
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP date: rare from this gateway; the backoff covers it
+    return min(max(seconds, 0.0), 300.0)
+
+
+def _describe_body(raw: bytes, content_type: str, exc: BaseException | None = None) -> str:
+    snippet = raw[:120].decode("utf-8", "replace").replace("\n", " ").strip()
+    kind = content_type.split(";")[0].strip() or "no content type"
+    text = f"{kind}, {len(raw)} bytes, starts {snippet!r}"
+    if isinstance(exc, json.JSONDecodeError):
+        text = f"{exc.msg} at char {exc.pos}; {text}"
+    elif isinstance(exc, RecursionError):
+        text = f"nested too deeply; {text}"
+    return text
+
+
+def api_error(
+    project_id: str,
+    status: int,
+    raw: bytes,
+    content_type: str,
+    request_id: str | None,
+    retry_after: float | None = None,
+) -> errors.ApiError:
+    """A non-2xx answer as an ApiError with the documented error body's fields when present."""
+    error_code: str | None = None
+    error_msg: str | None = None
+    detail: str | None = None
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        body = None
+    if isinstance(body, dict):
+        nested = body.get("error")
+        if isinstance(nested, dict):  # IAM's Keystone-style error body
+            body = {"error_msg": nested.get("message"), "error_code": nested.get("code")}
+        code, msg = body.get("error_code"), body.get("error_msg")
+        error_code = str(code)[:200] if code is not None else None
+        error_msg = str(msg)[:500] if msg is not None else None
+    if error_code is None and error_msg is None:
+        detail = _describe_body(raw, content_type)
+    return errors.ApiError(
+        project_id=project_id,
+        status=status,
+        error_code=error_code,
+        error_msg=error_msg,
+        request_id=request_id,
+        detail=detail,
+        retry_after=retry_after,
+    )
+
+
+def decode_page(
+    payload: Any,
+    *,
+    project_id: str,
+    offset: int,
+    limit: int,
+    request_id: str | None,
+    fetched_at: datetime,
+) -> Page:
+    """Check the documented shape: an object with total_count >= 0 and a list of at most limit."""
+
+    def bad(reason: str) -> errors.BadResponseError:
+        return errors.BadResponseError(project_id=project_id, reason=reason, request_id=request_id)
+
+    if not isinstance(payload, dict):
+        raise bad(f"expected a JSON object, got {type(payload).__name__}")
+    total = payload.get("total_count")
+    if total is None:
+        raise bad("total_count is missing")
+    if isinstance(total, bool) or not isinstance(total, int):
+        raise bad(f"total_count is {type(total).__name__}, expected an integer")
+    if total < 0:
+        raise bad(f"total_count is negative ({total})")
+    items = payload.get("desktop_snapshots")
+    if items is None:
+        if total > offset:
+            raise bad("desktop_snapshots is missing")
+        items = []
+    if not isinstance(items, list):
+        raise bad(f"desktop_snapshots is {type(items).__name__}, expected a list")
+    if len(items) > limit:
+        raise bad(f"page holds {len(items)} items, more than limit={limit}")
+    return Page(
+        offset=offset,
+        limit=limit,
+        total_count=total,
+        items=items,
+        request_id=request_id,
+        fetched_at=fetched_at,
+    )
+
+
+def new_session(settings: settings_module.Settings) -> aiohttp.ClientSession:
+    """The HTTP session every request of this process shares (TLS verified by default)."""
+    connector = aiohttp.TCPConnector(
+        limit=max(16, settings.max_concurrent_projects * 4), ttl_dns_cache=300
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        headers={"User-Agent": "snapsync/0.1 (+aiohttp)"},
+        raise_for_status=False,
+        auto_decompress=True,
+    )

@@ -1,0 +1,95 @@
+"""The project's exception tree: driver and HTTP errors become these at the edges."""
+
+from __future__ import annotations
+
+
+class SnapsyncError(Exception):
+    """Base of every error snapsync raises on purpose."""
+
+
+class ConfigError(SnapsyncError):
+    """A setting is missing or malformed; `variable` names it."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+        self.problem = problem
+
+
+class ProjectError(SnapsyncError):
+    """A project could not be synced (the API refused or answered nonsense)."""
+
+
+class ApiError(ProjectError):
+    """The Workspace API (or IAM) answered with a non-2xx status."""
+
+    def __init__(
+        self,
+        *,
+        project_id: str,
+        status: int,
+        error_code: str | None = None,
+        error_msg: str | None = None,
+        request_id: str | None = None,
+        detail: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.project_id = project_id
+        self.retry_after = retry_after
+        self.status = status
+        self.error_code = error_code
+        self.error_msg = error_msg
+        self.request_id = request_id
+        self.detail = detail
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        parts = [f"project {self.project_id}: HTTP {self.status}"]
+        if self.error_code:
+            parts.append(self.error_code)
+        if self.error_msg:
+            parts.append(self.error_msg)
+        elif self.detail:
+            parts.append(self.detail)
+        text = " ".join(parts[:1]) + (": " + " - ".join(parts[1:]) if len(parts) > 1 else "")
+        if self.request_id:
+            text += f" (X-Request-Id {self.request_id})"
+        return text
+
+    @property
+    def transient(self) -> bool:
+        """Whether the same request may succeed when retried."""
+        return self.status in (429, 500, 502, 503, 504)
+
+
+class BadResponseError(ProjectError):
+    """The API answered 2xx but the body is not the documented JSON."""
+
+    def __init__(
+        self, *, project_id: str, reason: str, status: int = 200, request_id: str | None = None
+    ) -> None:
+        self.project_id = project_id
+        self.reason = reason
+        self.status = status
+        self.request_id = request_id
+        text = f"project {project_id}: unusable answer (HTTP {status}): {reason}"
+        if request_id:
+            text += f" (X-Request-Id {request_id})"
+        super().__init__(text)
+
+
+class TransportError(ProjectError):
+    """The request did not get an answer: timeout, refused or reset connection."""
+
+    def __init__(self, *, project_id: str, reason: str) -> None:
+        self.project_id = project_id
+        self.reason = reason
+        super().__init__(f"project {project_id}: no answer from the API: {reason}")
+
+
+class PagingError(ProjectError):
+    """Paging ran away: pages past `total_count`, or empty pages before it."""
+
+
+class DatabaseError(SnapsyncError):
+    """PostgreSQL is unreachable or refused a statement."""

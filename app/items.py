@@ -1,0 +1,202 @@
+"""Turning one API item into a typed snapshot value, or a reason to reject it. Pure."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+STRING_FIELDS = (
+    "snapshot_name",
+    "desktop_id",
+    "desktop_name",
+    "desktop_sid",
+    "desktop_pool_id",
+    "description",
+    "create_type",
+    "restore_fail_reason",
+)
+TIME_FIELDS = ("create_time", "last_restore_time")
+TRANSIENT_STATUSES = frozenset({"creating", "restoring"})
+MAX_ID_LENGTH = 1024
+
+
+class ItemRejected(ValueError):
+    """The item cannot be stored as a snapshot; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One validated snapshot as the API described it, with its exact JSON form."""
+
+    snapshot_id: str
+    snapshot_name: str | None
+    desktop_id: str | None
+    desktop_name: str | None
+    desktop_sid: str | None
+    desktop_pool_id: str | None
+    is_system_disk: bool | None
+    status: str
+    process: int | None
+    description: str | None
+    create_time: datetime | None
+    create_type: str | None
+    last_restore_time: datetime | None
+    restore_fail_reason: str | None
+    raw_json: str
+    content_hash: int
+
+    @property
+    def in_flight(self) -> bool:
+        """A creation or restore is still running."""
+        return self.status in TRANSIENT_STATUSES
+
+
+def parse_time(value: object, field: str) -> datetime | None:
+    """`yyyy-MM-ddTHH:mm:ssZ` (or any ISO 8601 time with an offset) to an aware UTC datetime."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ItemRejected(f"{field} is {type(value).__name__}, expected a time string")
+    try:
+        parsed = datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ItemRejected(
+                f"{field} {value[:64]!r} is not a yyyy-MM-ddTHH:mm:ssZ time"
+            ) from None
+        if parsed.tzinfo is None:
+            # The API documents UTC; a time without an offset is read as UTC.
+            parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _check_storable(value: object, path: str, depth: int = 0) -> None:
+    """PostgreSQL cannot store NUL characters or lone surrogates in text or jsonb."""
+    if depth > 200:
+        raise ItemRejected(f"{path} is nested more than 200 levels deep")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ItemRejected(f"{path} contains a NUL character, which PostgreSQL cannot store")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ItemRejected(f"{path} contains an unpaired UTF-16 surrogate") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_storable(key, f"{path} key", depth + 1)
+            _check_storable(item, f"{path}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_storable(item, f"{path}[{index}]", depth + 1)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ItemRejected(f"{path} is {value}, which JSON cannot carry")
+
+
+def _optional_str(item: dict[str, Any], field: str) -> str | None:
+    value = item.get(field)
+    if value is None or isinstance(value, str):
+        return value
+    raise ItemRejected(f"{field} is {type(value).__name__}, expected a string")
+
+
+def content_hash(raw_json: str) -> int:
+    """A 64-bit signed digest of the item's canonical JSON, to skip unchanged rows cheaply."""
+    digest = hashlib.blake2b(raw_json.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def canonical_json(item: dict[str, Any]) -> str:
+    """The item as JSON with sorted keys: equal items give equal text (and equal hashes)."""
+    return json.dumps(item, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def parse_item(item: object) -> Snapshot:
+    """Validate one element of `desktop_snapshots`; raise ItemRejected saying what is wrong."""
+    if not isinstance(item, dict):
+        raise ItemRejected(f"item is {type(item).__name__}, expected an object")
+    snapshot_id = item.get("snapshot_id")
+    if snapshot_id is None:
+        raise ItemRejected("snapshot_id is missing")
+    if not isinstance(snapshot_id, str):
+        raise ItemRejected(f"snapshot_id is {type(snapshot_id).__name__}, expected a string")
+    if not snapshot_id.strip():
+        raise ItemRejected("snapshot_id is empty")
+    if len(snapshot_id) > MAX_ID_LENGTH:
+        raise ItemRejected(f"snapshot_id is {len(snapshot_id)} characters long")
+    status = item.get("status")
+    if status is None:
+        raise ItemRejected("status is missing")
+    if not isinstance(status, str):
+        raise ItemRejected(f"status is {type(status).__name__}, expected a string")
+    if not status:
+        raise ItemRejected("status is empty")
+    is_system_disk = item.get("is_system_disk")
+    if is_system_disk is not None and not isinstance(is_system_disk, bool):
+        raise ItemRejected(
+            f"is_system_disk is {type(is_system_disk).__name__}, expected true or false"
+        )
+    process = item.get("process")
+    if process is not None:
+        if isinstance(process, bool) or not isinstance(process, int):
+            raise ItemRejected(f"process is {type(process).__name__}, expected an integer or null")
+        if not 0 <= process <= 100:
+            raise ItemRejected(f"process is {process}, expected 0..100 or null")
+    strings = {field: _optional_str(item, field) for field in STRING_FIELDS}
+    times = {field: parse_time(item.get(field), field) for field in TIME_FIELDS}
+    _check_storable(item, "item")
+    raw_json = canonical_json(item)
+    return Snapshot(
+        snapshot_id=snapshot_id,
+        snapshot_name=strings["snapshot_name"],
+        desktop_id=strings["desktop_id"],
+        desktop_name=strings["desktop_name"],
+        desktop_sid=strings["desktop_sid"],
+        desktop_pool_id=strings["desktop_pool_id"],
+        is_system_disk=is_system_disk,
+        status=status,
+        process=process,
+        description=strings["description"],
+        create_time=times["create_time"],
+        create_type=strings["create_type"],
+        last_restore_time=times["last_restore_time"],
+        restore_fail_reason=strings["restore_fail_reason"],
+        raw_json=raw_json,
+        content_hash=content_hash(raw_json),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An item that failed validation: where it was and why."""
+
+    index: int
+    snapshot_id: str | None
+    reason: str
+
+
+def parse_page(items: list[object]) -> tuple[list[Snapshot], list[Rejection]]:
+    """Validate a page; valid snapshots (last occurrence wins on a repeated id) and rejections."""
+    by_id: dict[str, Snapshot] = {}
+    rejections: list[Rejection] = []
+    for index, item in enumerate(items):
+        try:
+            snapshot = parse_item(item)
+        except ItemRejected as exc:
+            sid = item.get("snapshot_id") if isinstance(item, dict) else None
+            rejections.append(
+                Rejection(
+                    index=index,
+                    snapshot_id=sid[:128] if isinstance(sid, str) else None,
+                    reason=str(exc),
+                )
+            )
+            continue
+        by_id.pop(snapshot.snapshot_id, None)
+        by_id[snapshot.snapshot_id] = snapshot
+    return list(by_id.values()), rejections

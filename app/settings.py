@@ -1,0 +1,219 @@
+"""Configuration: `SNAPSYNC_*` variables from the environment and `.env`, validated once."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pydantic
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app import errors
+
+_PROJECT_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,63}$")
+_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Project:
+    """One configured cloud project and the region its endpoints live in."""
+
+    project_id: str
+    region: str
+
+
+class Settings(BaseSettings):
+    """Every `SNAPSYNC_*` variable of the contract; build it with `load_settings()`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SNAPSYNC_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    database_url: SecretStr | None = None
+    data_dir: Path = Path(".snapsync")
+    projects: str = ""
+    region: str = "cn-north-4"
+    workspace_endpoint: str = "https://workspace.{region}.myhuaweicloud.com"
+    iam_endpoint: str = "https://iam.{region}.myhuaweicloud.com"
+    auth: Literal["aksk", "password", "token"] = "aksk"
+    access_key: SecretStr | None = None
+    secret_key: SecretStr | None = None
+    security_token: SecretStr | None = None
+    iam_user: str | None = None
+    iam_password: SecretStr | None = None
+    iam_domain: str | None = None
+    auth_token: SecretStr | None = None
+    sync_interval: float = Field(default=300, gt=0)
+    hot_interval: float = Field(default=15, gt=0)
+    page_size: int = Field(default=1000, ge=1, le=1000)
+    max_concurrent_projects: int = Field(default=8, ge=1, le=256)
+    request_timeout: float = Field(default=30, gt=0)
+    max_retries: int = Field(default=5, ge=0, le=50)
+    delete_after_misses: int = Field(default=2, ge=1, le=1000)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=9108, ge=0, le=65535)
+    log_format: Literal["json", "console"] = "console"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("auth", "log_format", mode="before")
+    @classmethod
+    def _lower_choice(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("workspace_endpoint", "iam_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// base URL")
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        value = value.strip()
+        if not _REGION.match(value):
+            raise ValueError(f"{value!r} is not a region name such as cn-north-4")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        url = value.get_secret_value().strip()
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        if scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
+            raise ValueError(
+                "must start with postgresql+asyncpg:// or postgresql:// "
+                f"(got scheme {scheme or 'none'!r})"
+            )
+        return SecretStr(url)
+
+    # -- derived values -------------------------------------------------------------------
+
+    def project_list(self) -> list[Project]:
+        """The configured projects, in order, without duplicates."""
+        return parse_projects(self.projects, self.region)
+
+    def endpoint_for(self, region: str) -> str:
+        """The Workspace base URL of one region."""
+        return self.workspace_endpoint.replace("{region}", region)
+
+    def iam_endpoint_for(self, region: str) -> str:
+        """The IAM base URL of one region."""
+        return self.iam_endpoint.replace("{region}", region)
+
+    def async_database_url(self) -> str | None:
+        """The configured URL with the asyncpg driver, or None for the embedded server."""
+        if self.database_url is None:
+            return None
+        return to_asyncpg_url(self.database_url.get_secret_value())
+
+    def require_credentials(self) -> None:
+        """Raise ConfigError unless the credentials of the chosen auth mode are all set."""
+        needed: dict[str, object] = {}
+        if self.auth == "aksk":
+            needed = {
+                "SNAPSYNC_ACCESS_KEY": self.access_key,
+                "SNAPSYNC_SECRET_KEY": self.secret_key,
+            }
+        elif self.auth == "password":
+            needed = {
+                "SNAPSYNC_IAM_USER": self.iam_user,
+                "SNAPSYNC_IAM_PASSWORD": self.iam_password,
+                "SNAPSYNC_IAM_DOMAIN": self.iam_domain,
+            }
+        else:
+            needed = {"SNAPSYNC_AUTH_TOKEN": self.auth_token}
+        for variable, value in needed.items():
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if not text or not str(text).strip():
+                raise errors.ConfigError(
+                    variable, f"is required when SNAPSYNC_AUTH={self.auth} but is not set"
+                )
+
+    def require_projects(self) -> list[Project]:
+        """The project list, or ConfigError when it is empty."""
+        projects = self.project_list()
+        if not projects:
+            raise errors.ConfigError(
+                "SNAPSYNC_PROJECTS", "no project configured (comma-separated PROJECT_ID[@REGION])"
+            )
+        return projects
+
+
+def parse_projects(text: str, default_region: str) -> list[Project]:
+    """Parse `ID[@REGION],...`; raise ConfigError naming the bad entry."""
+    projects: list[Project] = []
+    seen: set[str] = set()
+    for raw in text.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        project_id, _, region = entry.partition("@")
+        project_id, region = project_id.strip(), region.strip() or default_region
+        if "@" in entry and not entry.partition("@")[2].strip():
+            raise errors.ConfigError("SNAPSYNC_PROJECTS", f"entry {entry!r} has an empty region")
+        if not _PROJECT_ID.match(project_id):
+            raise errors.ConfigError(
+                "SNAPSYNC_PROJECTS",
+                f"entry {entry!r} is not PROJECT_ID or PROJECT_ID@REGION "
+                "(the id is letters, digits, '-' or '_')",
+            )
+        if not _REGION.match(region):
+            raise errors.ConfigError(
+                "SNAPSYNC_PROJECTS", f"entry {entry!r} has a malformed region {region!r}"
+            )
+        if project_id in seen:
+            continue
+        seen.add(project_id)
+        projects.append(Project(project_id=project_id, region=region))
+    return projects
+
+
+def to_asyncpg_url(url: str) -> str:
+    """Accept postgresql:// and postgres:// as the contract allows; SQLAlchemy needs +asyncpg."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    return url
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings; a bad value becomes ConfigError naming its variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        variable = "SNAPSYNC_" + field.upper()
+        message = str(first["msg"])
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        value = first.get("input")
+        shown = "" if _is_secret_field(field) or isinstance(value, dict) else f" (got {value!r})"
+        raise errors.ConfigError(variable, message + shown) from None
+
+
+def _is_secret_field(field: str) -> bool:
+    return field in {
+        "database_url",
+        "access_key",
+        "secret_key",
+        "security_token",
+        "iam_password",
+        "auth_token",
+    }

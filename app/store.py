@@ -1,0 +1,387 @@
+"""The SQL that matters: the page upsert with its history, the deletion rule's update, run rows.
+
+Every statement here is written once and read as SQL. Functions take an AsyncConnection and
+leave transaction control to the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app import items
+
+# Advisory lock namespace (first key) for "one sync of a project at a time".
+PROJECT_LOCK_CLASS = 0x534E_4150  # "SNAP"
+
+UPSERT_PAGE = text(
+    """
+WITH incoming AS (
+    SELECT *
+    FROM unnest(
+        CAST(:snapshot_id AS text[]), CAST(:snapshot_name AS text[]),
+        CAST(:desktop_id AS text[]), CAST(:desktop_name AS text[]),
+        CAST(:desktop_sid AS text[]), CAST(:desktop_pool_id AS text[]),
+        CAST(:is_system_disk AS boolean[]), CAST(:status AS text[]),
+        CAST(:process AS smallint[]), CAST(:description AS text[]),
+        CAST(:create_time AS timestamptz[]), CAST(:create_type AS text[]),
+        CAST(:last_restore_time AS timestamptz[]), CAST(:restore_fail_reason AS text[]),
+        CAST(:raw AS text[]), CAST(:content_hash AS bigint[])
+    ) AS t(snapshot_id, snapshot_name, desktop_id, desktop_name, desktop_sid, desktop_pool_id,
+           is_system_disk, status, process, description, create_time, create_type,
+           last_restore_time, restore_fail_reason, raw, content_hash)
+),
+old AS (
+    SELECT r.snapshot_id, r.status, r.deleted_at, r.missed_listings, r.last_seen_at,
+           r.content_hash
+    FROM snapshot_records AS r
+    JOIN incoming AS i ON r.project_id = :project_id AND r.snapshot_id = i.snapshot_id
+),
+upserted AS (
+    INSERT INTO snapshot_records AS r (
+        project_id, snapshot_id, snapshot_name, desktop_id, desktop_name, desktop_sid,
+        desktop_pool_id, is_system_disk, status, process, description, create_time,
+        create_type, last_restore_time, restore_fail_reason, raw, content_hash,
+        first_seen_at, last_seen_at, last_changed_at, deleted_at, missed_listings, last_run_id
+    )
+    SELECT :project_id, i.snapshot_id, i.snapshot_name, i.desktop_id, i.desktop_name,
+           i.desktop_sid, i.desktop_pool_id, i.is_system_disk, i.status, i.process,
+           i.description, i.create_time, i.create_type, i.last_restore_time,
+           i.restore_fail_reason, CAST(i.raw AS jsonb), i.content_hash,
+           :observed_at, :observed_at, :observed_at, NULL, 0, :run_id
+    FROM incoming AS i
+    ON CONFLICT (project_id, snapshot_id) DO UPDATE SET
+        snapshot_name = EXCLUDED.snapshot_name,
+        desktop_id = EXCLUDED.desktop_id,
+        desktop_name = EXCLUDED.desktop_name,
+        desktop_sid = EXCLUDED.desktop_sid,
+        desktop_pool_id = EXCLUDED.desktop_pool_id,
+        is_system_disk = EXCLUDED.is_system_disk,
+        status = EXCLUDED.status,
+        process = EXCLUDED.process,
+        description = EXCLUDED.description,
+        create_time = EXCLUDED.create_time,
+        create_type = EXCLUDED.create_type,
+        last_restore_time = EXCLUDED.last_restore_time,
+        restore_fail_reason = EXCLUDED.restore_fail_reason,
+        raw = EXCLUDED.raw,
+        content_hash = EXCLUDED.content_hash,
+        last_seen_at = GREATEST(r.last_seen_at, EXCLUDED.last_seen_at),
+        last_changed_at = CASE WHEN r.content_hash IS DISTINCT FROM EXCLUDED.content_hash
+                               THEN EXCLUDED.last_changed_at ELSE r.last_changed_at END,
+        deleted_at = NULL,
+        missed_listings = 0,
+        last_run_id = EXCLUDED.last_run_id
+    WHERE r.content_hash IS DISTINCT FROM EXCLUDED.content_hash
+       OR r.deleted_at IS NOT NULL
+       OR r.missed_listings <> 0
+    RETURNING r.snapshot_id, r.status, r.process, r.content_hash
+),
+history AS (
+    INSERT INTO snapshot_status_history (
+        project_id, snapshot_id, from_status, to_status, observed_at, previous_observed_at,
+        process, sync_run_id
+    )
+    SELECT :project_id, u.snapshot_id,
+           CASE WHEN o.snapshot_id IS NULL THEN NULL
+                WHEN o.deleted_at IS NOT NULL THEN 'deleted'
+                ELSE o.status END,
+           u.status,
+           :observed_at,
+           CASE WHEN o.snapshot_id IS NULL THEN NULL
+                WHEN o.deleted_at IS NULL AND o.missed_listings = 0
+                     AND CAST(:last_listing_at AS timestamptz) IS NOT NULL
+                THEN GREATEST(o.last_seen_at, CAST(:last_listing_at AS timestamptz))
+                ELSE o.last_seen_at END,
+           u.process, :run_id
+    FROM upserted AS u
+    LEFT JOIN old AS o ON o.snapshot_id = u.snapshot_id
+    WHERE o.snapshot_id IS NULL OR o.deleted_at IS NOT NULL OR o.status IS DISTINCT FROM u.status
+    ORDER BY u.snapshot_id
+    RETURNING 1
+)
+SELECT
+    (SELECT count(*) FROM upserted AS u LEFT JOIN old AS o ON o.snapshot_id = u.snapshot_id
+      WHERE o.snapshot_id IS NULL) AS inserted,
+    (SELECT count(*) FROM upserted AS u JOIN old AS o ON o.snapshot_id = u.snapshot_id
+      WHERE o.deleted_at IS NOT NULL OR o.content_hash IS DISTINCT FROM u.content_hash) AS updated,
+    (SELECT count(*) FROM history) AS transitions
+"""
+)
+
+MARK_MISSING = text(
+    """
+WITH missed AS (
+    UPDATE snapshot_records AS r SET
+        missed_listings = r.missed_listings + 1,
+        last_seen_at = CASE
+            WHEN r.missed_listings = 0 AND CAST(:last_listing_at AS timestamptz) IS NOT NULL
+            THEN GREATEST(r.last_seen_at, CAST(:last_listing_at AS timestamptz))
+            ELSE r.last_seen_at END,
+        deleted_at = CASE WHEN r.missed_listings + 1 >= :threshold
+                          THEN CAST(:observed_at AS timestamptz) END,
+        last_run_id = :run_id
+    WHERE r.project_id = :project_id
+      AND r.snapshot_id = ANY(CAST(:snapshot_ids AS text[]))
+      AND r.deleted_at IS NULL
+    RETURNING r.snapshot_id, r.status, r.process, r.deleted_at, r.last_seen_at
+),
+history AS (
+    INSERT INTO snapshot_status_history (
+        project_id, snapshot_id, from_status, to_status, observed_at, previous_observed_at,
+        process, sync_run_id
+    )
+    SELECT :project_id, m.snapshot_id, m.status, 'deleted', :observed_at, m.last_seen_at,
+           m.process, :run_id
+    FROM missed AS m
+    WHERE m.deleted_at IS NOT NULL
+    ORDER BY m.snapshot_id
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM missed) AS missed, (SELECT count(*) FROM history) AS deleted
+"""
+)
+
+
+@dataclass(frozen=True)
+class UpsertCounts:
+    inserted: int
+    updated: int
+    transitions: int
+
+
+def _columns(snapshots: Sequence[items.Snapshot]) -> dict[str, list[Any]]:
+    return {
+        "snapshot_id": [s.snapshot_id for s in snapshots],
+        "snapshot_name": [s.snapshot_name for s in snapshots],
+        "desktop_id": [s.desktop_id for s in snapshots],
+        "desktop_name": [s.desktop_name for s in snapshots],
+        "desktop_sid": [s.desktop_sid for s in snapshots],
+        "desktop_pool_id": [s.desktop_pool_id for s in snapshots],
+        "is_system_disk": [s.is_system_disk for s in snapshots],
+        "status": [s.status for s in snapshots],
+        "process": [s.process for s in snapshots],
+        "description": [s.description for s in snapshots],
+        "create_time": [s.create_time for s in snapshots],
+        "create_type": [s.create_type for s in snapshots],
+        "last_restore_time": [s.last_restore_time for s in snapshots],
+        "restore_fail_reason": [s.restore_fail_reason for s in snapshots],
+        "raw": [s.raw_json for s in snapshots],
+        "content_hash": [s.content_hash for s in snapshots],
+    }
+
+
+async def upsert_snapshots(
+    conn: AsyncConnection,
+    *,
+    project_id: str,
+    run_id: int,
+    observed_at: datetime,
+    last_listing_at: datetime | None,
+    snapshots: Sequence[items.Snapshot],
+) -> UpsertCounts:
+    """Write new and changed snapshots and the history of their status changes, in one statement.
+
+    The caller holds the project's lock, so `old` (read in the same statement) is the truth
+    about the previous state.
+    """
+    if not snapshots:
+        return UpsertCounts(0, 0, 0)
+    row = (
+        await conn.execute(
+            UPSERT_PAGE,
+            {
+                **_columns(snapshots),
+                "project_id": project_id,
+                "run_id": run_id,
+                "observed_at": observed_at,
+                "last_listing_at": last_listing_at,
+            },
+        )
+    ).one()
+    return UpsertCounts(inserted=row.inserted, updated=row.updated, transitions=row.transitions)
+
+
+async def mark_missing(
+    conn: AsyncConnection,
+    *,
+    project_id: str,
+    run_id: int,
+    observed_at: datetime,
+    last_listing_at: datetime | None,
+    threshold: int,
+    snapshot_ids: Sequence[str],
+) -> tuple[int, int]:
+    """Count one more complete listing without these snapshots; delete those at the threshold.
+
+    Returns (rows counted as missed, rows marked deleted).
+    """
+    if not snapshot_ids:
+        return 0, 0
+    row = (
+        await conn.execute(
+            MARK_MISSING,
+            {
+                "project_id": project_id,
+                "run_id": run_id,
+                "observed_at": observed_at,
+                "last_listing_at": last_listing_at,
+                "threshold": threshold,
+                "snapshot_ids": list(snapshot_ids),
+            },
+        )
+    ).one()
+    return int(row.missed), int(row.deleted)
+
+
+@dataclass(frozen=True)
+class KnownState:
+    """What the database holds for a project's live snapshots, as the sync needs it."""
+
+    # snapshot_id -> content hash, or None when the row must be rewritten when seen
+    # (it was missing from a complete listing).
+    hashes: dict[str, int | None]
+    last_listing_at: datetime | None
+
+
+async def load_known_state(conn: AsyncConnection, project_id: str) -> KnownState:
+    """The live rows of a project (ids and hashes) and the start of its newest complete listing."""
+    result = await conn.execute(
+        text(
+            "SELECT snapshot_id, content_hash, missed_listings FROM snapshot_records "
+            "WHERE project_id = :project_id AND deleted_at IS NULL"
+        ),
+        {"project_id": project_id},
+    )
+    hashes: dict[str, int | None] = {
+        sid: (digest if missed == 0 else None) for sid, digest, missed in result
+    }
+    last = await conn.scalar(
+        text("SELECT last_listing_at FROM projects WHERE project_id = :project_id"),
+        {"project_id": project_id},
+    )
+    return KnownState(hashes=hashes, last_listing_at=last)
+
+
+async def lookup_keys(
+    conn: AsyncConnection, project_id: str, snapshot_ids: Sequence[str]
+) -> list[tuple[str, str | None, str | None]]:
+    """(snapshot_id, desktop_id, snapshot_name) of the given rows, to re-check them at the API."""
+    result = await conn.execute(
+        text(
+            "SELECT snapshot_id, desktop_id, snapshot_name FROM snapshot_records "
+            "WHERE project_id = :project_id AND snapshot_id = ANY(CAST(:ids AS text[]))"
+        ),
+        {"project_id": project_id, "ids": list(snapshot_ids)},
+    )
+    return [(row.snapshot_id, row.desktop_id, row.snapshot_name) for row in result]
+
+
+async def ensure_project(conn: AsyncConnection, project_id: str, region: str) -> None:
+    """Create the project's row on its first sync; keep its region current."""
+    await conn.execute(
+        text(
+            "INSERT INTO projects (project_id, region) VALUES (:project_id, :region) "
+            "ON CONFLICT (project_id) DO UPDATE SET region = EXCLUDED.region "
+            "WHERE projects.region IS DISTINCT FROM EXCLUDED.region"
+        ),
+        {"project_id": project_id, "region": region},
+    )
+
+
+async def record_complete_listing(
+    conn: AsyncConnection,
+    *,
+    project_id: str,
+    run_id: int,
+    started_at: datetime,
+    api_total_count: int,
+) -> None:
+    """The listing that started at `started_at` saw every live snapshot of the project."""
+    await conn.execute(
+        text(
+            "UPDATE projects SET last_listing_at = :started_at, last_listing_run_id = :run_id, "
+            "api_total_count = :total, updated_at = now() WHERE project_id = :project_id"
+        ),
+        {
+            "project_id": project_id,
+            "run_id": run_id,
+            "started_at": started_at,
+            "total": api_total_count,
+        },
+    )
+
+
+# -- runs ---------------------------------------------------------------------------------
+
+
+async def try_lock_project(conn: AsyncConnection, project_id: str) -> bool:
+    """Take the project's session-level advisory lock on this connection, without waiting."""
+    locked = await conn.scalar(
+        text("SELECT pg_try_advisory_lock(:cls, hashtext(:project_id))"),
+        {"cls": PROJECT_LOCK_CLASS, "project_id": project_id},
+    )
+    return bool(locked)
+
+
+async def unlock_project(conn: AsyncConnection, project_id: str) -> None:
+    await conn.execute(
+        text("SELECT pg_advisory_unlock(:cls, hashtext(:project_id))"),
+        {"cls": PROJECT_LOCK_CLASS, "project_id": project_id},
+    )
+
+
+async def abandon_stale_runs(conn: AsyncConnection, project_id: str) -> int:
+    """Runs still `running` while we hold the project's lock belong to a process that died."""
+    result = await conn.execute(
+        text(
+            "UPDATE sync_runs SET status = 'abandoned', finished_at = now(), "
+            "error = 'the process running this sync ended before finishing it "
+            "(killed, crashed or lost its database connection)' "
+            "WHERE project_id = :project_id AND status = 'running'"
+        ),
+        {"project_id": project_id},
+    )
+    return int(result.rowcount)
+
+
+async def start_run(
+    conn: AsyncConnection, *, project_id: str, started_at: datetime, owner: str, kind: str = "full"
+) -> int:
+    """Insert the run's row as `running` and return its id."""
+    run_id = await conn.scalar(
+        text(
+            "INSERT INTO sync_runs (project_id, kind, started_at, status, owner) "
+            "VALUES (:project_id, :kind, :started_at, 'running', :owner) RETURNING id"
+        ),
+        {"project_id": project_id, "kind": kind, "started_at": started_at, "owner": owner},
+    )
+    assert run_id is not None
+    return int(run_id)
+
+
+async def finish_run(
+    conn: AsyncConnection,
+    *,
+    run_id: int,
+    status: str,
+    counts: dict[str, Any],
+    error: str | None,
+) -> None:
+    """Close the run with its outcome and counts."""
+    await conn.execute(
+        text(
+            "UPDATE sync_runs SET status = :status, finished_at = now(), complete = :complete, "
+            "pages = :pages, requests = :requests, snapshots_seen = :snapshots_seen, "
+            "inserted = :inserted, updated = :updated, unchanged = :unchanged, "
+            "deleted = :deleted, transitions = :transitions, rejected = :rejected, "
+            "api_total_count = :api_total_count, error = :error "
+            "WHERE id = :run_id AND status = 'running'"
+        ),
+        {"run_id": run_id, "status": status, "error": error, **counts},
+    )
