@@ -81,9 +81,10 @@ class BadResponseError(ProjectError):
 class TransportError(ProjectError):
     """The request did not get an answer: timeout, refused or reset connection."""
 
-    def __init__(self, *, project_id: str, reason: str) -> None:
+    def __init__(self, *, project_id: str, reason: str, retryable: bool = True) -> None:
         self.project_id = project_id
         self.reason = reason
+        self.retryable = retryable
         super().__init__(f"project {project_id}: no answer from the API: {reason}")
 
 

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     max_concurrent_projects: int = Field(default=8, ge=1, le=256)
     request_timeout: float = Field(default=30, gt=0)
     max_retries: int = Field(default=5, ge=0, le=50)
+    max_requests_per_second: float = Field(default=20, ge=0)
+    ca_bundle: Path | None = None
     delete_after_misses: int = Field(default=2, ge=1, le=1000)
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=9108, ge=0, le=65535)
@@ -78,6 +80,15 @@ class Settings(BaseSettings):
         value = value.strip().rstrip("/")
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// base URL")
+        return value
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca_bundle(cls, value: Path | None) -> Path | None:
+        if value is None or not str(value).strip():
+            return None
+        if not value.is_file():
+            raise ValueError(f"{value} is not a readable file of PEM certificates")
         return value
 
     @field_validator("region")
