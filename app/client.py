@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import decimal
 import json
 import logging
+import math
 import random
+import re
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -15,6 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 import yarl
 
 from app import auth as auth_module
@@ -232,7 +236,7 @@ class WorkspaceClient:
         if not 200 <= status < 300:
             raise api_error(project.project_id, status, raw, content_type, request_id, retry_after)
         try:
-            payload = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+            payload = decode_json(raw)
         except UnicodeDecodeError as exc:
             raise errors.BadResponseError(
                 project_id=project.project_id,
@@ -255,6 +259,32 @@ class _Answer:
     payload: Any
     request_id: str | None
     fetched_at: datetime
+
+
+# Integers this long lose precision in orjson (it reads them as floats); the API's ids are
+# strings, so such numbers are rare, and the standard decoder keeps them exact.
+_LONG_NUMBER = re.compile(rb"\d{17,}")
+
+
+def decode_json(raw: bytes) -> Any:
+    """Decode a body fast with orjson; fall back to the standard decoder for what orjson
+    reads inexactly (long integers) or refuses but JSON allows (escaped lone surrogates,
+    which validation then rejects item by item). NaN and Infinity are refused by both."""
+    if not _LONG_NUMBER.search(raw):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(
+        raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
+    )
+
+
+def _finite_float(text: str) -> Any:
+    """A number too large for a double stays exact (as Decimal); validation then rejects the
+    item that holds it, since it cannot be stored as the API sent it."""
+    value = float(text)
+    return value if math.isfinite(value) else decimal.Decimal(text)
 
 
 def _reject_constant(name: str) -> Any:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 STRING_FIELDS = (
     "snapshot_name",
@@ -62,10 +64,10 @@ def parse_time(value: object, field: str) -> datetime | None:
     if not isinstance(value, str):
         raise ItemRejected(f"{field} is {type(value).__name__}, expected a time string")
     try:
-        parsed = datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        parsed = datetime.fromisoformat(value)
     except ValueError:
         try:
-            parsed = datetime.fromisoformat(value)
+            parsed = datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
         except ValueError:
             raise ItemRejected(
                 f"{field} {value[:64]!r} is not a yyyy-MM-ddTHH:mm:ssZ time"
@@ -105,19 +107,34 @@ def _optional_str(item: dict[str, Any], field: str) -> str | None:
     raise ItemRejected(f"{field} is {type(value).__name__}, expected a string")
 
 
-def content_hash(raw_json: str) -> int:
+def content_hash(canonical: bytes) -> int:
     """A 64-bit signed digest of the item's canonical JSON, to skip unchanged rows cheaply."""
-    digest = hashlib.blake2b(raw_json.encode("utf-8"), digest_size=8).digest()
+    digest = hashlib.blake2b(canonical, digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
 
-def canonical_json(item: dict[str, Any]) -> str:
-    """The item as JSON with sorted keys: equal items give equal text (and equal hashes)."""
-    return json.dumps(item, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+def canonical_json(item: object) -> bytes:
+    """The item as JSON with sorted keys: equal items give equal bytes (and equal hashes).
+
+    Raises ItemRejected for what PostgreSQL's jsonb cannot hold: unpaired surrogates, nesting
+    deeper than the encoder allows, NUL characters.
+    """
+    try:
+        dumped = orjson.dumps(item, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:
+        # Find the exact place for the message (slow path, bad items only).
+        _check_storable(item, "item")
+        raise ItemRejected(f"item cannot be stored as JSON: {exc}") from None
+    if b"\\u0000" in dumped:
+        _check_storable(item, "item")  # confirms (a literal backslash-u0000 is fine)
+    return dumped
 
 
-def parse_item(item: object) -> Snapshot:
-    """Validate one element of `desktop_snapshots`; raise ItemRejected saying what is wrong."""
+def parse_item(item: object, *, dumped: bytes | None = None) -> Snapshot:
+    """Validate one element of `desktop_snapshots`; raise ItemRejected saying what is wrong.
+
+    `dumped` is the item's canonical JSON when the caller already made it.
+    """
     if not isinstance(item, dict):
         raise ItemRejected(f"item is {type(item).__name__}, expected an object")
     snapshot_id = item.get("snapshot_id")
@@ -149,8 +166,10 @@ def parse_item(item: object) -> Snapshot:
             raise ItemRejected(f"process is {process}, expected 0..100 or null")
     strings = {field: _optional_str(item, field) for field in STRING_FIELDS}
     times = {field: parse_time(item.get(field), field) for field in TIME_FIELDS}
-    _check_storable(item, "item")
-    raw_json = canonical_json(item)
+    for key, value in item.items():
+        if type(value) is float and not math.isfinite(value):
+            raise ItemRejected(f"{key} is {value}, which JSON cannot carry")
+    canonical = canonical_json(item) if dumped is None else dumped
     return Snapshot(
         snapshot_id=snapshot_id,
         snapshot_name=strings["snapshot_name"],
@@ -166,8 +185,8 @@ def parse_item(item: object) -> Snapshot:
         create_type=strings["create_type"],
         last_restore_time=times["last_restore_time"],
         restore_fail_reason=strings["restore_fail_reason"],
-        raw_json=raw_json,
-        content_hash=content_hash(raw_json),
+        raw_json=canonical.decode("utf-8"),
+        content_hash=content_hash(canonical),
     )
 
 
@@ -180,13 +199,39 @@ class Rejection:
     reason: str
 
 
-def parse_page(items: list[object]) -> tuple[list[Snapshot], list[Rejection]]:
-    """Validate a page; valid snapshots (last occurrence wins on a repeated id) and rejections."""
+@dataclass
+class PageTriage:
+    """A page sorted out against what is stored: unchanged ids, changed snapshots, rejections."""
+
+    ids: list[str]
+    changed: list[Snapshot]
+    rejections: list[Rejection]
+
+
+def triage(items: list[Any], known: Mapping[str, int | None]) -> PageTriage:
+    """Validate the items of a page whose content differs from `known` (id -> stored hash).
+
+    An item whose canonical JSON hashes to the stored value is unchanged: it was valid when it
+    was stored, so it is not parsed again. A repeated id keeps its last occurrence.
+    """
+    ids: list[str] = []
     by_id: dict[str, Snapshot] = {}
     rejections: list[Rejection] = []
     for index, item in enumerate(items):
+        dumped: bytes | None = None
+        if type(item) is dict:
+            sid = item.get("snapshot_id")
+            if type(sid) is str and sid in known:
+                try:
+                    dumped = canonical_json(item)
+                except ItemRejected:
+                    dumped = None
+                else:
+                    if known[sid] == content_hash(dumped):
+                        ids.append(sid)
+                        continue
         try:
-            snapshot = parse_item(item)
+            snapshot = parse_item(item, dumped=dumped)
         except ItemRejected as exc:
             sid = item.get("snapshot_id") if isinstance(item, dict) else None
             rejections.append(
@@ -197,6 +242,13 @@ def parse_page(items: list[object]) -> tuple[list[Snapshot], list[Rejection]]:
                 )
             )
             continue
+        ids.append(snapshot.snapshot_id)
         by_id.pop(snapshot.snapshot_id, None)
         by_id[snapshot.snapshot_id] = snapshot
-    return list(by_id.values()), rejections
+    return PageTriage(ids=ids, changed=list(by_id.values()), rejections=rejections)
+
+
+def parse_page(items: list[Any]) -> tuple[list[Snapshot], list[Rejection]]:
+    """Validate a whole page: valid snapshots (last of a repeated id) and rejections."""
+    result = triage(items, {})
+    return result.changed, result.rejections

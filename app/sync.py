@@ -366,8 +366,8 @@ class Syncer:
     ) -> set[str]:
         """Validate a page, write what changed; return the ids it held."""
         pid = project.project_id
-        snapshots, rejections = items.parse_page(page.items)
-        for rejection in rejections:
+        sorted_out = items.triage(page.items, known.hashes)
+        for rejection in sorted_out.rejections:
             log.warning(
                 "rejected item %d of the page at offset %d (snapshot_id %s): %s",
                 rejection.index,
@@ -376,22 +376,17 @@ class Syncer:
                 rejection.reason,
                 extra={"project_id": pid, "run_id": run_id},
             )
-        counts.rejected += len(rejections)
-        ids: set[str] = set()
-        changed: list[items.Snapshot] = []
-        for snapshot in snapshots:
-            sid = snapshot.snapshot_id
-            ids.add(sid)
-            if listing is not None:
+        counts.rejected += len(sorted_out.rejections)
+        ids = set(sorted_out.ids)
+        if listing is not None:
+            for sid in sorted_out.ids:
                 if sid in listing.seen:
                     listing.duplicates += 1
                 else:
                     listing.seen.add(sid)
                     counts.snapshots_seen += 1
-            if known.hashes.get(sid, _ABSENT) != snapshot.content_hash:
-                changed.append(snapshot)
-            else:
-                counts.unchanged += 1
+        changed = sorted_out.changed
+        counts.unchanged += len(sorted_out.ids) - len(changed)
         if changed:
             written = await self._write(pid, run_id, observed_at, known, changed, counts)
             for snapshot in written:
@@ -581,9 +576,6 @@ class Syncer:
                 f"{page.total_count} snapshots, more than one page; cannot prove absence"
             )
         return found
-
-
-_ABSENT: Any = object()
 
 
 def _is_data_error(exc: DBAPIError) -> bool:
