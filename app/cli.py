@@ -199,6 +199,10 @@ def _attach_optional_commands() -> None:
     except ImportError:  # pragma: no cover - the simulator ships with the package
         return
     cli.add_command(simulator_command.simulate)
+    from app import daemon, demo
+
+    cli.add_command(daemon.run_command)
+    cli.add_command(demo.demo_command)
 
 
 _attach_optional_commands()

@@ -50,15 +50,16 @@ class Settings(BaseSettings):
     iam_password: SecretStr | None = None
     iam_domain: str | None = None
     auth_token: SecretStr | None = None
-    sync_interval: float = Field(default=300, gt=0)
-    hot_interval: float = Field(default=15, gt=0)
+    sync_interval: float = Field(default=300, gt=0, allow_inf_nan=False)
+    hot_interval: float = Field(default=15, gt=0, allow_inf_nan=False)
     page_size: int = Field(default=1000, ge=1, le=1000)
     max_concurrent_projects: int = Field(default=8, ge=1, le=256)
-    request_timeout: float = Field(default=30, gt=0)
+    request_timeout: float = Field(default=30, gt=0, allow_inf_nan=False)
     max_retries: int = Field(default=5, ge=0, le=50)
-    max_requests_per_second: float = Field(default=20, ge=0)
+    max_requests_per_second: float = Field(default=20, ge=0, allow_inf_nan=False)
     ca_bundle: Path | None = None
     delete_after_misses: int = Field(default=2, ge=1, le=1000)
+    shutdown_grace: float = Field(default=30, ge=0, allow_inf_nan=False)
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=9108, ge=0, le=65535)
     log_format: Literal["json", "console"] = "console"

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import client as client_module
 from app import db, errors, items, store
@@ -135,6 +135,8 @@ class Syncer:
         self._owner = process_owner()
         self._on_progress = on_progress
         self._on_finished = on_finished
+        # The connection holding each project's advisory lock, while its sync runs.
+        self._lock_connections: dict[str, AsyncConnection] = {}
 
     async def sync_all(
         self, projects: Sequence[settings_module.Project], *, wait_for_lock: bool = True
@@ -193,9 +195,11 @@ class Syncer:
                     )
                     waited = True
                 await asyncio.sleep(LOCK_POLL_SECONDS)
+            self._lock_connections[project.project_id] = conn
             try:
                 yield True
             finally:
+                self._lock_connections.pop(project.project_id, None)
                 with contextlib.suppress(SQLAlchemyError, OSError):
                     await asyncio.shield(store.unlock_project(conn, project.project_id))
         except (SQLAlchemyError, OSError) as exc:
@@ -208,6 +212,7 @@ class Syncer:
         pid = project.project_id
         extra: dict[str, Any] = {"project_id": pid}
         listing_started = datetime.now(UTC)
+        clock = time.monotonic()
         try:
             async with self._engine.begin() as conn:
                 await store.ensure_project(conn, pid, project.region)
@@ -244,11 +249,14 @@ class Syncer:
         await self._finish(run_id, status, counts, stats, result.error)
         result.status = status
         if result.error:
-            log.error("sync failed: %s", result.error, extra=extra)
+            log.error(
+                "sync failed after %.2fs: %s", time.monotonic() - clock, result.error, extra=extra
+            )
         else:
             log.info(
-                "sync succeeded: pages=%d seen=%d inserted=%d updated=%d deleted=%d "
+                "sync succeeded in %.2fs: pages=%d seen=%d inserted=%d updated=%d deleted=%d "
                 "transitions=%d rejected=%d requests=%d retries=%d",
+                time.monotonic() - clock,
                 counts.pages,
                 counts.snapshots_seen,
                 counts.inserted,
@@ -393,6 +401,20 @@ class Syncer:
                 known.hashes[snapshot.snapshot_id] = snapshot.content_hash
         return ids
 
+    async def _assert_locked(self, project_id: str) -> None:
+        """Writes need the project's lock: if its connection died (a database restart), another
+        process may hold the lock now, so the run stops instead of writing beside it."""
+        conn = self._lock_connections.get(project_id)
+        try:
+            if conn is None or conn.closed:
+                raise ConnectionError("the connection holding it is closed")
+            await conn.exec_driver_sql("SELECT 1")
+        except (SQLAlchemyError, OSError) as exc:
+            raise errors.DatabaseError(
+                f"lost the project's lock ({db.describe_db_error(exc)}); the sync stopped "
+                "before writing without it"
+            ) from None
+
     async def _write(
         self,
         project_id: str,
@@ -403,6 +425,7 @@ class Syncer:
         counts: RunCounts,
     ) -> list[items.Snapshot]:
         """Upsert a batch; if PostgreSQL refuses it, retry item by item and reject the bad ones."""
+        await self._assert_locked(project_id)
         try:
             async with self._engine.begin() as conn:
                 got = await store.upsert_snapshots(
@@ -470,6 +493,7 @@ class Syncer:
                 project, run_id, known, candidates, counts, stats, trusted=not signals
             )
         observed_at = datetime.now(UTC)
+        await self._assert_locked(pid)
         try:
             async with self._engine.begin() as conn:
                 if confirmed:

@@ -62,14 +62,14 @@ async def test_password_mode_logs_in_once_per_project_and_again_after_revocation
         env = {**password_env(sim), "SNAPSYNC_PAGE_SIZE": "500"}
         assert (await sync(env, database_url, workdir)).code == 0
         stats = await sim.control("GET", "/_sim/stats")
-        assert stats["logins_per_project"] == {pid: 1 for pid in sim.project_ids}
+        assert stats["logins_per_project"] == dict.fromkeys(sim.project_ids, 1)
         await sim.control("POST", "/_sim/revoke-tokens", {})
         # Revocation matters inside one process too: the daemon keeps its tokens; here the
         # second process logs in afresh, and the revoked tokens are refused by the gateway.
         result = await sync(env, database_url, workdir)
         assert result.code == 0, result.output
         stats = await sim.control("GET", "/_sim/stats")
-        assert stats["logins_per_project"] == {pid: 2 for pid in sim.project_ids}
+        assert stats["logins_per_project"] == dict.fromkeys(sim.project_ids, 2)
         await assert_exact_mirror(sql, sim)
         bad = await sync(password_env(sim, "not-the-password"), database_url, workdir)
         assert bad.code == 1
@@ -94,7 +94,7 @@ async def test_renewal_on_401_inside_one_process(
         result = await task
         assert result.code == 0, result.output
         stats = await sim.control("GET", "/_sim/stats")
-        assert stats["logins_per_project"] == {pid: 2 for pid in sim.project_ids}
+        assert stats["logins_per_project"] == dict.fromkeys(sim.project_ids, 2)
         assert stats["requests_by_status"].get("401", 0) >= 1
         await assert_exact_mirror(sql, sim)
 
