@@ -190,7 +190,10 @@ def status(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([s.as_json(now) for s in statuses], indent=2))
     else:
-        click.echo(status_module.render_text(statuses, now))
+        if sys.stdout.isatty():
+            status_module.print_report(statuses, now)
+        else:
+            click.echo(status_module.render_text(statuses, now))
 
 
 def _attach_optional_commands() -> None:

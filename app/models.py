@@ -153,3 +153,168 @@ class SnapshotStatusHistory(Base):
     sync_run_id: Mapped[int | None] = mapped_column(
         BigInteger, ForeignKey("sync_runs.id", ondelete="SET NULL")
     )
+
+
+# What each table and column means, stored as COMMENT ON by migration 0002 (which holds the
+# same text: autogenerate compares comments, so a change here needs a migration).
+TABLE_COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
+    "projects": (
+        (
+            "One row per cloud project snapsync has synced: its region and its newest complete "
+            "listing (a listing that read every page)."
+        ),
+        {
+            "project_id": "Huawei Cloud project id, as configured in SNAPSYNC_PROJECTS.",
+            "region": "Region the project is synced in (e.g. cn-north-4).",
+            "last_listing_at": (
+                "Start of the project's newest complete listing, UTC. NULL: no complete listing "
+                "yet."
+            ),
+            "last_listing_run_id": (
+                "sync_runs.id of the newest complete listing. NULL: no complete listing yet."
+            ),
+            "api_total_count": (
+                "total_count the API reported in the newest complete listing: the snapshots the "
+                "project had then. NULL: no complete listing yet."
+            ),
+            "updated_at": "When this row last changed, UTC.",
+        },
+    ),
+    "sync_runs": (
+        "One row per sync of one project: when, how it ended, what it saw and wrote.",
+        {
+            "id": "Run id, increasing; snapshot_status_history.sync_run_id refers to it.",
+            "project_id": "The project synced.",
+            "kind": "full: a listing of every page of the project.",
+            "started_at": "When the run started, UTC.",
+            "finished_at": "When the run ended, UTC. NULL while it is running.",
+            "status": (
+                "running, succeeded, failed, or abandoned (the process running it died; the next "
+                "sync of the project marks it)."
+            ),
+            "complete": "Whether the listing read every page (only then can snapshots be deleted).",
+            "pages": "Pages of the listing read.",
+            "requests": "HTTP requests made to the API, retries and re-checks included.",
+            "snapshots_seen": "Distinct snapshots the listing returned.",
+            "inserted": "Snapshots seen for the first time.",
+            "updated": "Known snapshots whose API fields changed (or that came back).",
+            "unchanged": "Snapshots seen with no change (no row written).",
+            "deleted": "Snapshots confirmed gone and marked deleted by this run.",
+            "transitions": "Rows this run wrote to snapshot_status_history.",
+            "rejected": "Items the API returned that failed validation and were not stored.",
+            "api_total_count": (
+                "total_count the API reported on the last page read. NULL: no page was read."
+            ),
+            "error": "Why the run failed, for people. NULL unless it failed or was abandoned.",
+            "owner": "host:pid of the process that ran the sync.",
+        },
+    ),
+    "snapshot_records": (
+        (
+            "The stored state of every snapshot ever seen, live and deleted. Query the snapshots "
+            "view instead: it adds the current last_seen_at."
+        ),
+        {
+            "project_id": "Huawei Cloud project the snapshot belongs to (as in SNAPSYNC_PROJECTS).",
+            "snapshot_id": "Snapshot id from the API; unique within the project.",
+            "snapshot_name": (
+                "Copied from the API item (snapshot_name). Disks of one desktop snapshotted "
+                "together share it."
+            ),
+            "desktop_id": (
+                "Copied from the API item (desktop_id): the desktop the snapshot was taken of."
+            ),
+            "desktop_name": "Copied from the API item (desktop_name).",
+            "desktop_sid": (
+                "Copied from the API item (desktop_sid): the desktop's security identifier."
+            ),
+            "desktop_pool_id": (
+                "Copied from the API item (desktop_pool_id). NULL: a personal desktop, in no pool."
+            ),
+            "is_system_disk": (
+                "Copied from the API item (is_system_disk): true for the system disk, false for a"
+                " data disk. NULL: the API did not say."
+            ),
+            "status": (
+                "Copied from the API item (status): creating, create_success, create_failed, "
+                "restoring, restore_success or restore_failed (other values are stored as given)."
+            ),
+            "process": (
+                "Copied from the API item (process): progress of the running creation or restore,"
+                " percent 0..100. NULL when no task runs."
+            ),
+            "description": "Copied from the API item (description). NULL: none given.",
+            "create_time": (
+                "Copied from the API item (create_time): when the snapshot was created, UTC."
+            ),
+            "create_type": (
+                "Copied from the API item (create_type): AUTO (a snapshot policy) or MANUALLY."
+            ),
+            "last_restore_time": (
+                "Copied from the API item (last_restore_time): when the desktop was last restored"
+                " from this snapshot, UTC. NULL: never restored."
+            ),
+            "restore_fail_reason": (
+                "Copied from the API item (restore_fail_reason): why the last restore failed, in "
+                "the API's words. NULL: no failed restore."
+            ),
+            "raw": (
+                "The item exactly as the API returned it (jsonb), including fields snapsync "
+                "ignores."
+            ),
+            "first_seen_at": "When snapsync first saw the snapshot, UTC.",
+            "last_changed_at": (
+                "When snapsync last saw any API field of the snapshot change (status, process, "
+                "name, ...), UTC."
+            ),
+            "deleted_at": (
+                "When snapsync confirmed the snapshot gone (absent from "
+                "SNAPSYNC_DELETE_AFTER_MISSES consecutive complete listings), UTC. NULL while it "
+                "is listed."
+            ),
+            "last_seen_at": (
+                "Stored last time the snapshot was seen, UTC; the snapshots view reports a later "
+                "time for snapshots in the newest complete listing."
+            ),
+            "content_hash": "64-bit digest of raw, to skip unchanged items without rewriting them.",
+            "missed_listings": (
+                "Consecutive complete listings that lacked the snapshot; 0 while it is listed."
+            ),
+            "last_run_id": "sync_runs.id of the run that last wrote this row.",
+        },
+    ),
+    "snapshot_status_history": (
+        (
+            "One row per observed status change of a snapshot: first sighting, change, deletion "
+            "(to_status deleted) and reappearance (from_status deleted). A change of process "
+            "alone is not a status change."
+        ),
+        {
+            "id": "Row id, increasing in the order rows were written.",
+            "project_id": "The snapshot's project.",
+            "snapshot_id": "The snapshot (snapshots.snapshot_id).",
+            "from_status": (
+                "Status before the change; deleted on reappearance. NULL on the first sighting."
+            ),
+            "to_status": "Status after the change; deleted when the snapshot was confirmed gone.",
+            "observed_at": "When snapsync saw the new status (the change happened before), UTC.",
+            "previous_observed_at": (
+                "When snapsync last saw the old status (the change happened after), UTC. NULL on "
+                "the first sighting."
+            ),
+            "process": "The API's process (percent) with the new status. NULL: no task running.",
+            "sync_run_id": "The run that saw the change (sync_runs.id). NULL: run row deleted.",
+        },
+    ),
+}
+
+
+def _apply_comments() -> None:
+    for name, (comment, columns) in TABLE_COMMENTS.items():
+        table = Base.metadata.tables[name]
+        table.comment = comment
+        for column, text_ in columns.items():
+            table.c[column].comment = text_
+
+
+_apply_comments()

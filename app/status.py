@@ -1,39 +1,53 @@
-"""`snapsync status`: per project, the last run, its outcome and counts, and snapshots by status."""
+"""`snapsync status`: per project, the last run, its outcome and counts, and snapshots by status.
+
+Read from the reporting views (`project_sync_health`, ...) so the terminal report and SQL users
+see the same numbers; rendered with rich as one table per project, or as JSON for scripts.
+"""
 
 from __future__ import annotations
 
+import io
+import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from rich import box
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+# How far back the report looks for failed creations and restores, and how many it lists.
+RECENT_FAILURE_HOURS = 24
+RECENT_FAILURES_SHOWN = 5
+FAILED_RUNS_SHOWN = 3
+
+COUNT_COLUMNS = (
+    "pages",
+    "snapshots_seen",
+    "inserted",
+    "updated",
+    "deleted",
+    "transitions",
+    "rejected",
+    "api_total_count",
+)
+
 STATUS_QUERY = text(
     """
-WITH last_run AS (
-    SELECT DISTINCT ON (project_id) *
-    FROM sync_runs
-    ORDER BY project_id, started_at DESC, id DESC
-),
-last_success AS (
-    SELECT project_id, max(finished_at) AS finished_at
-    FROM sync_runs WHERE status = 'succeeded'
-    GROUP BY project_id
-),
-known AS (
-    SELECT project_id FROM projects
-    UNION SELECT project_id FROM sync_runs
-)
-SELECT k.project_id,
-       r.id AS run_id, r.status AS run_status, r.started_at, r.finished_at,
+SELECT h.project_id, h.region,
+       h.last_run_id AS run_id, h.last_run_status AS run_status,
+       h.last_run_started_at AS started_at, h.last_run_finished_at AS finished_at,
+       h.last_run_error AS error,
        r.pages, r.snapshots_seen, r.inserted, r.updated, r.deleted, r.transitions, r.rejected,
-       r.api_total_count, r.error,
-       s.finished_at AS last_success_at
-FROM known AS k
-LEFT JOIN last_run AS r ON r.project_id = k.project_id
-LEFT JOIN last_success AS s ON s.project_id = k.project_id
-ORDER BY k.project_id
+       r.api_total_count,
+       h.last_success_at, h.consecutive_failures,
+       h.last_complete_listing_at, h.api_total_count AS listing_total_count, h.live_snapshots
+FROM project_sync_health AS h
+LEFT JOIN sync_runs AS r ON r.id = h.last_run_id
+ORDER BY h.project_id
 """
 )
 
@@ -46,6 +60,78 @@ GROUP BY project_id, status
 ORDER BY project_id, status
 """
 )
+
+RECENT_FAILURES_QUERY = text(
+    """
+SELECT project_id, snapshot_id, desktop_name, from_status, to_status, observed_at
+FROM (
+    SELECT h.project_id, h.snapshot_id, s.desktop_name, h.from_status, h.to_status,
+           h.observed_at,
+           row_number() OVER (PARTITION BY h.project_id ORDER BY h.observed_at DESC, h.id DESC)
+               AS n
+    FROM snapshot_status_history AS h
+    JOIN snapshots AS s USING (project_id, snapshot_id)
+    WHERE h.to_status IN ('create_failed', 'restore_failed')
+      AND h.observed_at >= now() - make_interval(hours => :hours)
+      -- a first sighting is a recent failure only for a snapshot created recently
+      AND (h.from_status IS NOT NULL OR s.create_time >= now() - make_interval(hours => :hours))
+) AS f
+WHERE n <= :shown
+ORDER BY project_id, observed_at DESC
+"""
+)
+
+FAILED_RUNS_QUERY = text(
+    """
+SELECT project_id, id, status, started_at, error
+FROM (
+    SELECT r.*, row_number() OVER (PARTITION BY r.project_id ORDER BY r.started_at DESC, r.id DESC)
+               AS n
+    FROM sync_runs AS r
+    WHERE r.status IN ('failed', 'abandoned')
+) AS f
+WHERE n <= :shown
+ORDER BY project_id, started_at DESC
+"""
+)
+
+
+@dataclass(frozen=True)
+class SnapshotFailure:
+    """A creation or restore that failed, as the history recorded it."""
+
+    snapshot_id: str
+    desktop_name: str | None
+    from_status: str | None
+    to_status: str
+    observed_at: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "snapshot_id": self.snapshot_id,
+            "desktop_name": self.desktop_name,
+            "from_status": self.from_status,
+            "to_status": self.to_status,
+            "observed_at": _iso(self.observed_at),
+        }
+
+
+@dataclass(frozen=True)
+class FailedRun:
+    """A sync run that failed or was abandoned."""
+
+    run_id: int
+    status: str
+    started_at: datetime
+    error: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.run_id,
+            "status": self.status,
+            "started_at": _iso(self.started_at),
+            "error": self.error,
+        }
 
 
 @dataclass
@@ -61,6 +147,16 @@ class ProjectStatus:
     counts: dict[str, Any]
     error: str | None
     snapshots_by_status: dict[str, int] = field(default_factory=dict)
+    region: str | None = None
+    consecutive_failures: int = 0
+    last_complete_listing_at: datetime | None = None
+    listing_total_count: int | None = None
+    recent_failures: list[SnapshotFailure] = field(default_factory=list)
+    failed_runs: list[FailedRun] = field(default_factory=list)
+
+    @property
+    def live_snapshots(self) -> int:
+        return sum(self.snapshots_by_status.values())
 
     def success_age_seconds(self, now: datetime) -> float | None:
         if self.last_success_at is None:
@@ -71,6 +167,7 @@ class ProjectStatus:
         age = self.success_age_seconds(now)
         return {
             "project_id": self.project_id,
+            "region": self.region,
             "last_run": None
             if self.run_id is None
             else {
@@ -83,8 +180,13 @@ class ProjectStatus:
             },
             "last_success_at": _iso(self.last_success_at),
             "last_success_age_seconds": None if age is None else round(age, 1),
+            "consecutive_failures": self.consecutive_failures,
+            "last_complete_listing_at": _iso(self.last_complete_listing_at),
+            "listing_total_count": self.listing_total_count,
             "snapshots_by_status": self.snapshots_by_status,
-            "live_snapshots": sum(self.snapshots_by_status.values()),
+            "live_snapshots": self.live_snapshots,
+            "recent_failures": [f.as_json() for f in self.recent_failures],
+            "failed_runs": [r.as_json() for r in self.failed_runs],
         }
 
 
@@ -93,37 +195,52 @@ def _iso(value: datetime | None) -> str | None:
 
 
 async def collect(engine: AsyncEngine) -> list[ProjectStatus]:
-    """Read every project's status from the tables."""
+    """Read every project's status from the reporting views."""
     async with engine.connect() as conn:
         rows = (await conn.execute(STATUS_QUERY)).mappings().all()
         by_status = (await conn.execute(COUNTS_QUERY)).all()
+        failures = (
+            await conn.execute(
+                RECENT_FAILURES_QUERY,
+                {"hours": RECENT_FAILURE_HOURS, "shown": RECENT_FAILURES_SHOWN},
+            )
+        ).all()
+        failed_runs = (await conn.execute(FAILED_RUNS_QUERY, {"shown": FAILED_RUNS_SHOWN})).all()
     result: dict[str, ProjectStatus] = {}
     for row in rows:
         result[row["project_id"]] = ProjectStatus(
             project_id=row["project_id"],
+            region=row["region"],
             run_id=row["run_id"],
             run_status=row["run_status"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
             last_success_at=row["last_success_at"],
             error=row["error"],
-            counts={
-                name: row[name]
-                for name in (
-                    "pages",
-                    "snapshots_seen",
-                    "inserted",
-                    "updated",
-                    "deleted",
-                    "transitions",
-                    "rejected",
-                    "api_total_count",
-                )
-            },
+            counts={name: row[name] for name in COUNT_COLUMNS},
+            consecutive_failures=int(row["consecutive_failures"]),
+            last_complete_listing_at=row["last_complete_listing_at"],
+            listing_total_count=row["listing_total_count"],
         )
     for project_id, status, n in by_status:
         if project_id in result:
             result[project_id].snapshots_by_status[status] = int(n)
+    for f in failures:
+        if f.project_id in result:
+            result[f.project_id].recent_failures.append(
+                SnapshotFailure(
+                    snapshot_id=f.snapshot_id,
+                    desktop_name=f.desktop_name,
+                    from_status=f.from_status,
+                    to_status=f.to_status,
+                    observed_at=f.observed_at,
+                )
+            )
+    for r in failed_runs:
+        if r.project_id in result:
+            result[r.project_id].failed_runs.append(
+                FailedRun(run_id=r.id, status=r.status, started_at=r.started_at, error=r.error)
+            )
     return list(result.values())
 
 
@@ -137,31 +254,113 @@ def format_age(seconds: float | None) -> str:
     return f"{seconds:.0f}s"
 
 
-def render_text(statuses: list[ProjectStatus], now: datetime) -> str:
-    """The plain-text report: one block per project."""
-    if not statuses:
-        return "No project has been synced yet. Run `snapsync sync`."
-    lines: list[str] = []
-    for st in statuses:
-        lines.append(f"project {st.project_id}")
-        if st.run_id is None:
-            lines.append("  last run: none")
-        else:
-            c = st.counts
-            lines.append(
-                f"  last run: #{st.run_id} {st.run_status} started {_iso(st.started_at)} "
-                f"pages={c['pages']} seen={c['snapshots_seen']} inserted={c['inserted']} "
-                f"updated={c['updated']} deleted={c['deleted']} "
-                f"transitions={c['transitions']} rejected={c['rejected']}"
-            )
-            if st.error:
-                lines.append(f"  error: {st.error}")
-        lines.append(
-            f"  last success: {format_age(st.success_age_seconds(now))} ago"
-            if st.last_success_at
-            else "  last success: never"
+def _when(value: datetime | None, now: datetime) -> str:
+    if value is None:
+        return "-"
+    stamp = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{stamp} ({format_age(max(0.0, (now - value).total_seconds()))} ago)"
+
+
+_OUTCOME_STYLES = {"succeeded": "green", "failed": "bold red", "abandoned": "red"}
+_FAILED_STATUSES = frozenset({"create_failed", "restore_failed"})
+
+
+def project_table(st: ProjectStatus, now: datetime) -> Table:
+    """One project's report as a two-column rich table."""
+    table = Table(
+        title=Text(f"project {st.project_id}", style="bold"),
+        title_justify="left",
+        show_header=False,
+        box=box.SIMPLE,
+        pad_edge=False,
+    )
+    table.add_column("what", style="dim", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    if st.run_id is None:
+        table.add_row("last run", "none")
+    else:
+        outcome = Text(st.run_status or "?", style=_OUTCOME_STYLES.get(st.run_status or "", ""))
+        line = Text.assemble(f"#{st.run_id} ", outcome, f", started {_when(st.started_at, now)}")
+        if st.finished_at is not None and st.started_at is not None:
+            took = (st.finished_at - st.started_at).total_seconds()
+            line.append(f", took {took:.2f}s")
+        table.add_row("last run", line)
+        c = st.counts
+        table.add_row(
+            "counts",
+            f"pages={c['pages']} seen={c['snapshots_seen']} inserted={c['inserted']} "
+            f"updated={c['updated']} deleted={c['deleted']} "
+            f"transitions={c['transitions']} rejected={c['rejected']}",
         )
-        total = sum(st.snapshots_by_status.values())
-        parts = ", ".join(f"{k}={v}" for k, v in sorted(st.snapshots_by_status.items()))
-        lines.append(f"  live snapshots: {total}" + (f" ({parts})" if parts else ""))
-    return "\n".join(lines)
+        if st.error:
+            table.add_row("error", Text(st.error, style="red"))
+    if st.last_success_at is None:
+        table.add_row("last success", Text("never", style="red"))
+    else:
+        table.add_row(
+            "last success",
+            f"{format_age(st.success_age_seconds(now))} ago ({_iso(st.last_success_at)})",
+        )
+    if st.consecutive_failures:
+        table.add_row("failures in a row", Text(str(st.consecutive_failures), style="bold red"))
+    listing = (
+        f", the API reported {st.listing_total_count} in the last complete listing"
+        if st.listing_total_count is not None
+        else ", no complete listing yet"
+    )
+    table.add_row("snapshots", f"live snapshots: {st.live_snapshots}{listing}")
+    if st.snapshots_by_status:
+        by_status = Text()
+        for i, (status, n) in enumerate(sorted(st.snapshots_by_status.items())):
+            if i:
+                by_status.append("  ")
+            by_status.append(f"{status}={n}", style="red" if status in _FAILED_STATUSES else "")
+        table.add_row("by status", by_status)
+    for i, f in enumerate(st.recent_failures):
+        table.add_row(
+            f"failed ({RECENT_FAILURE_HOURS}h)" if i == 0 else "",
+            f"{f.observed_at.astimezone(UTC):%Y-%m-%d %H:%M} {f.to_status} "
+            f"{f.desktop_name or '?'} (snapshot {f.snapshot_id})",
+        )
+    earlier = [r for r in st.failed_runs if r.run_id != st.run_id]
+    for i, r in enumerate(earlier):
+        table.add_row(
+            "earlier failed runs" if i == 0 else "",
+            f"#{r.run_id} {r.status} {r.started_at.astimezone(UTC):%Y-%m-%d %H:%M}: "
+            f"{r.error or 'no error recorded'}",
+        )
+    return table
+
+
+def report(statuses: list[ProjectStatus], now: datetime) -> Group | Text:
+    """The whole report as one rich renderable."""
+    if not statuses:
+        return Text("No project has been synced yet. Run `snapsync sync`.")
+    return Group(*(project_table(st, now) for st in statuses))
+
+
+def default_width() -> int:
+    """The terminal's width, never narrower than 100 columns (120 when not a terminal)."""
+    return max(100, shutil.get_terminal_size((120, 24)).columns)
+
+
+def print_report(
+    statuses: list[ProjectStatus], now: datetime, console: Console | None = None
+) -> None:
+    """Print the report with colours when the console is a terminal."""
+    (console or Console()).print(report(statuses, now))
+
+
+def render_text(statuses: list[ProjectStatus], now: datetime, width: int | None = None) -> str:
+    """The report as plain text (no colours), `width` columns wide."""
+    console = Console(
+        file=io.StringIO(),
+        record=True,
+        width=width or default_width(),
+        color_system=None,
+        force_terminal=False,
+        emoji=False,
+        highlight=False,
+    )
+    console.print(report(statuses, now))
+    return "\n".join(line.rstrip() for line in console.export_text(styles=False).splitlines())

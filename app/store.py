@@ -19,6 +19,55 @@ from app import items
 # Advisory lock namespace (first key) for "one sync of a project at a time".
 PROJECT_LOCK_CLASS = 0x534E_4150  # "SNAP"
 
+# The last column of UPSERT_PAGE and MARK_MISSING: when the statement wrote history rows,
+# announce them with NOTIFY snapsync_transitions (sent at commit, so only for rows that exist).
+# `fetch` names the batch by run, observed_at and id range: re-checks of one run write batches
+# concurrently, so an id range alone may hold another batch's rows.
+# The payload stays under PostgreSQL's 8000-byte limit whatever the statuses: each is cut to 64
+# characters and the counts list to 5000 bytes (`counts_complete` says whether it was cut).
+# The format is documented in docs/reporting.md.
+ANNOUNCE_TRANSITIONS = """(SELECT count(*) FROM (
+    SELECT pg_notify('snapsync_transitions', json_build_object(
+        'project_id', CAST(:project_id AS text),
+        'sync_run_id', CAST(:run_id AS bigint),
+        'observed_at', CAST(:observed_at AS timestamptz),
+        'transitions', t.n,
+        'first_id', t.first_id,
+        'last_id', t.last_id,
+        'counts', COALESCE(c.counts, CAST('[]' AS json)),
+        'counts_complete', c.kept = c.groups,
+        'fetch', 'SELECT * FROM snapshot_status_history WHERE sync_run_id = '
+                 || CAST(:run_id AS bigint) || ' AND observed_at = '
+                 || quote_literal(to_char(CAST(:observed_at AS timestamptz) AT TIME ZONE 'UTC',
+                                          'YYYY-MM-DD HH24:MI:SS.US') || '+00')
+                 || ' AND id BETWEEN ' || t.first_id || ' AND ' || t.last_id || ' ORDER BY id'
+    )::text)
+    FROM (SELECT count(*) AS n, min(id) AS first_id, max(id) AS last_id FROM history) AS t
+    CROSS JOIN LATERAL (
+        SELECT json_agg(g.entry ORDER BY g.rank) FILTER (WHERE g.bytes <= 5000) AS counts,
+               count(*) FILTER (WHERE g.bytes <= 5000) AS kept,
+               count(*) AS groups
+        FROM (
+            SELECT e.entry,
+                   row_number() OVER w AS rank,
+                   sum(octet_length(e.entry::text) + 2) OVER w AS bytes
+            FROM (
+                SELECT json_build_object('from', x.from_status, 'to', x.to_status, 'n', x.n)
+                           AS entry,
+                       x.n, x.from_status, x.to_status
+                FROM (
+                    SELECT left(from_status, 64) AS from_status,
+                           left(to_status, 64) AS to_status, count(*) AS n
+                    FROM history GROUP BY 1, 2
+                ) AS x
+            ) AS e
+            WINDOW w AS (ORDER BY e.n DESC, e.from_status NULLS FIRST, e.to_status
+                         ROWS UNBOUNDED PRECEDING)
+        ) AS g
+    ) AS c
+    WHERE t.n > 0
+) AS sent)"""
+
 UPSERT_PAGE = text(
     """
 WITH incoming AS (
@@ -103,14 +152,17 @@ history AS (
     LEFT JOIN old AS o ON o.snapshot_id = u.snapshot_id
     WHERE o.snapshot_id IS NULL OR o.deleted_at IS NOT NULL OR o.status IS DISTINCT FROM u.status
     ORDER BY u.snapshot_id
-    RETURNING 1
+    RETURNING id, from_status, to_status
 )
 SELECT
     (SELECT count(*) FROM upserted AS u LEFT JOIN old AS o ON o.snapshot_id = u.snapshot_id
       WHERE o.snapshot_id IS NULL) AS inserted,
     (SELECT count(*) FROM upserted AS u JOIN old AS o ON o.snapshot_id = u.snapshot_id
       WHERE o.deleted_at IS NOT NULL OR o.content_hash IS DISTINCT FROM u.content_hash) AS updated,
-    (SELECT count(*) FROM history) AS transitions
+    (SELECT count(*) FROM history) AS transitions,
+    """
+    + ANNOUNCE_TRANSITIONS
+    + """ AS announced
 """
 )
 
@@ -141,9 +193,12 @@ history AS (
     FROM missed AS m
     WHERE m.deleted_at IS NOT NULL
     ORDER BY m.snapshot_id
-    RETURNING 1
+    RETURNING id, from_status, to_status
 )
-SELECT (SELECT count(*) FROM missed) AS missed, (SELECT count(*) FROM history) AS deleted
+SELECT (SELECT count(*) FROM missed) AS missed, (SELECT count(*) FROM history) AS deleted,
+    """
+    + ANNOUNCE_TRANSITIONS
+    + """ AS announced
 """
 )
 
