@@ -26,7 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import auth, client, db, errors, health, metrics, sync
+from app import auth, client, db, errors, health, metrics, store, sync
 from app import settings as settings_module
 
 log = logging.getLogger("app.daemon")
@@ -40,6 +40,8 @@ PROBE_SECONDS = 5.0
 FIRST_RETRY_SECONDS = 0.5
 MAX_RETRY_SECONDS = 30.0
 DB_CHECK_TIMEOUT = 5.0
+HOT_LANE_JOB = "hot-lane"
+HOT_LANE_CONCURRENCY = 4
 # /metrics re-reads the snapshot counts at most this often (and after syncs).
 SNAPSHOT_COUNTS_CACHE = 10.0
 # After the grace period, how long cancelled syncs get to write their run rows.
@@ -48,7 +50,7 @@ CANCEL_TIMEOUT = 10.0
 TRY_SCHEDULE_LOCK = text("SELECT pg_try_advisory_lock(:cls, hashtext(:project_id))")
 SCHEDULE_UNLOCK = text("SELECT pg_advisory_unlock(:cls, hashtext(:project_id))")
 NEWEST_RUN_STARTED = text(
-    "SELECT started_at FROM sync_runs WHERE project_id = :project_id "
+    "SELECT started_at FROM sync_runs WHERE project_id = :project_id AND kind = 'full' "
     "ORDER BY started_at DESC LIMIT 1"
 )
 LAST_SUCCESSES = text(
@@ -58,7 +60,7 @@ FROM unnest(CAST(:project_ids AS text[])) AS p(project_id)
 LEFT JOIN LATERAL (
     SELECT r.finished_at
     FROM sync_runs AS r
-    WHERE r.project_id = p.project_id AND r.status = 'succeeded'
+    WHERE r.project_id = p.project_id AND r.status = 'succeeded' AND r.kind = 'full'
     ORDER BY r.started_at DESC
     LIMIT 1
 ) AS s ON true
@@ -139,6 +141,7 @@ class Daemon:
         self.metrics = metrics.Metrics([p.project_id for p in self._projects])
         self._engine: AsyncEngine | None = None
         self._syncer: sync.Syncer | None = None
+        self._client: client.WorkspaceClient | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._scheduler_stopped = False
         self._server: health.Server | None = None
@@ -203,6 +206,7 @@ class Daemon:
                     on_request=self.metrics.on_request,
                     on_retry=self.metrics.on_retry,
                 )
+                self._client = workspace
                 self._syncer = sync.Syncer(
                     engine=engine,
                     client=workspace,
@@ -311,6 +315,16 @@ class Daemon:
                 misfire_grace_time=None,
                 next_run_time=now + timedelta(seconds=random.uniform(0, jitter)),
             )
+        scheduler.add_job(
+            self._hot_job,
+            IntervalTrigger(seconds=self._settings.hot_interval, timezone=UTC),
+            id=HOT_LANE_JOB,
+            name="hot lane",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            next_run_time=now + timedelta(seconds=self._settings.hot_interval),
+        )
         scheduler.start()
         log.info(
             "syncing %d project(s) every %gs (jitter %gs), at most %d at once",
@@ -320,6 +334,61 @@ class Daemon:
             self._settings.max_concurrent_projects,
         )
         return scheduler
+
+    async def _hot_job(self) -> None:
+        """The fast lane: every SNAPSYNC_HOT_INTERVAL, re-read the in-flight snapshots of the
+        projects that have some. It yields to the full syncs when the API throttles: while the
+        client's rate is below its configured value (a recent 429), it makes no request."""
+        engine, syncer, workspace = self._engine, self._syncer, self._client
+        if self._stopping or not self._db_ok or engine is None or syncer is None:
+            return
+        assert workspace is not None
+        task = asyncio.current_task()
+        assert task is not None
+        self._active.add(task)
+        try:
+            try:
+                async with asyncio.timeout(DB_CHECK_TIMEOUT), engine.connect() as conn:
+                    counts = await store.in_flight_counts(conn)
+            except (SQLAlchemyError, OSError, TimeoutError) as exc:
+                self._database_failed(exc)
+                return
+            for project in self._projects:
+                self.metrics.in_flight.labels(project.project_id).set(
+                    counts.get(project.project_id, 0)
+                )
+            hot = [p for p in self._projects if counts.get(p.project_id)]
+            limiter = workspace.limiter
+            if hot and not limiter.unlimited and limiter.rate < limiter.max_rate:
+                for project in hot:
+                    self.metrics.hot_polls.labels(project.project_id, "throttled").inc()
+                return
+            gate = asyncio.Semaphore(HOT_LANE_CONCURRENCY)
+
+            async def poll(project: settings_module.Project) -> None:
+                async with gate:
+                    if self._stopping:
+                        return
+                    try:
+                        result = await syncer.poll_in_flight(project)
+                    except errors.DatabaseError as exc:
+                        self._database_failed(exc)
+                        return
+                if result is None:
+                    return
+                self.metrics.hot_polls.labels(project.project_id, result.status).inc()
+                if result.counts.transitions:
+                    self._counts_dirty = True
+                    await self._count_transitions(project, result)
+
+            await asyncio.gather(*(poll(p) for p in hot), return_exceptions=False)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+        except Exception:
+            log.exception("unexpected error in the hot lane")
+        finally:
+            self._active.discard(task)
 
     def _run_jobs_now(self) -> None:
         """Bring every job's next firing forward (after the database came back)."""
@@ -428,6 +497,11 @@ class Daemon:
                 # a firing while it still runs would be skipped.
                 pid = project.project_id
                 task.add_done_callback(lambda _: self._run_job_now(pid))
+        await self._count_transitions(project, result)
+
+    async def _count_transitions(
+        self, project: settings_module.Project, result: sync.RunResult
+    ) -> None:
         engine = self._engine
         if engine is None or result.run_id is None or result.counts.transitions == 0:
             return

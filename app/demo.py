@@ -77,7 +77,7 @@ RUNS_SINCE = text(
     """
 SELECT status, count(*) AS n
 FROM sync_runs
-WHERE started_at >= :since AND project_id = ANY(CAST(:project_ids AS text[]))
+WHERE kind = 'full' AND started_at >= :since AND project_id = ANY(CAST(:project_ids AS text[]))
 GROUP BY status
 ORDER BY status
 """

@@ -27,12 +27,18 @@ FIRST_SIGHTING = "none"
 
 TRANSITIONS_OF_RUN = text(
     """
-SELECT from_status, to_status, count(*) AS n
+SELECT from_status, to_status, count(*) AS n,
+       array_agg(EXTRACT(EPOCH FROM observed_at - previous_observed_at))
+           FILTER (WHERE from_status IS NOT NULL AND previous_observed_at IS NOT NULL)
+           AS windows
 FROM snapshot_status_history
 WHERE sync_run_id = :run_id
 GROUP BY from_status, to_status
 """
 )
+
+# Seconds between the last sighting of the old status and the first of the new one.
+WINDOW_BUCKETS = (1, 2.5, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600)
 
 SNAPSHOTS_BY_STATUS = text(
     """
@@ -107,6 +113,27 @@ class Metrics:
             "snapsync_database_up", "1 when the last database check succeeded.", registry=r
         )
         self.ready = Gauge("snapsync_ready", "1 when /readyz answers 200.", registry=r)
+        self.hot_polls = Counter(
+            "snapsync_hot_polls",
+            "Polls of a project's in-flight snapshots by outcome (succeeded, failed, "
+            "throttled: skipped while the API is throttling).",
+            ["project_id", "outcome"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "snapsync_snapshots_in_flight",
+            "Live snapshots in a transient status (creating, restoring), per project.",
+            ["project_id"],
+            registry=r,
+        )
+        self.transition_window = Histogram(
+            "snapsync_transition_window_seconds",
+            "Width of the window in which a status change happened "
+            "(observed_at - previous_observed_at), by the kind of run that saw it.",
+            ["kind"],
+            buckets=WINDOW_BUCKETS,
+            registry=r,
+        )
         self.data = DatabaseView(self._project_ids)
         r.register(self.data)
         for pid in self._project_ids:
@@ -157,10 +184,13 @@ class Metrics:
         if result.run_id is None or result.counts.transitions == 0:
             return
         rows = await conn.execute(TRANSITIONS_OF_RUN, {"run_id": result.run_id})
-        for from_status, to_status, n in rows:
+        window = self.transition_window.labels(result.kind)
+        for from_status, to_status, n, windows in rows:
             self.transitions.labels(
                 result.project_id, from_status or FIRST_SIGHTING, to_status
             ).inc(n)
+            for seconds in windows or ():
+                window.observe(float(seconds))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

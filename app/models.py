@@ -49,6 +49,7 @@ class Project(Base):
     last_listing_run_id: Mapped[int | None] = mapped_column(BigInteger)
     api_total_count: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+    last_hot_poll_at: Mapped[datetime | None] = mapped_column(TZ)
 
 
 class SyncRun(Base):
@@ -57,6 +58,7 @@ class SyncRun(Base):
     __tablename__ = "sync_runs"
     __table_args__ = (
         CheckConstraint("status IN ('running', 'succeeded', 'failed', 'abandoned')", name="status"),
+        CheckConstraint("kind IN ('full', 'hot')", name="kind"),
         Index("ix_sync_runs_project_id_started_at", "project_id", "started_at"),
         Index(
             "ix_sync_runs_running",
@@ -124,6 +126,7 @@ class SnapshotRecord(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(TZ)
     missed_listings: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     last_run_id: Mapped[int | None] = mapped_column(BigInteger)
+    status_seen_at: Mapped[datetime | None] = mapped_column(TZ)
 
 
 class SnapshotStatusHistory(Base):
@@ -178,6 +181,10 @@ TABLE_COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
                 "project had then. NULL: no complete listing yet."
             ),
             "updated_at": "When this row last changed, UTC.",
+            "last_hot_poll_at": (
+                "When a snapsync process last re-read this project's in-flight (creating, "
+                "restoring) snapshots, UTC. NULL: never."
+            ),
         },
     ),
     "sync_runs": (
@@ -185,7 +192,11 @@ TABLE_COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
         {
             "id": "Run id, increasing; snapshot_status_history.sync_run_id refers to it.",
             "project_id": "The project synced.",
-            "kind": "full: a listing of every page of the project.",
+            "kind": (
+                "full: a complete pass over every page of the project; hot: a poll of its "
+                "in-flight snapshots between full syncs that wrote a change (it never deletes "
+                "anything)."
+            ),
             "started_at": "When the run started, UTC.",
             "finished_at": "When the run ended, UTC. NULL while it is running.",
             "status": (
@@ -281,6 +292,11 @@ TABLE_COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
                 "Consecutive complete listings that lacked the snapshot; 0 while it is listed."
             ),
             "last_run_id": "sync_runs.id of the run that last wrote this row.",
+            "status_seen_at": (
+                "When the stored status was last observed (a full listing page or a hot poll), "
+                "UTC; the next status change gets it as previous_observed_at. NULL: only the "
+                "listing start (projects.last_listing_at) is known."
+            ),
         },
     ),
     "snapshot_status_history": (

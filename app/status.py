@@ -88,7 +88,7 @@ FROM (
     SELECT r.*, row_number() OVER (PARTITION BY r.project_id ORDER BY r.started_at DESC, r.id DESC)
                AS n
     FROM sync_runs AS r
-    WHERE r.status IN ('failed', 'abandoned')
+    WHERE r.status IN ('failed', 'abandoned') AND r.kind = 'full'
 ) AS f
 WHERE n <= :shown
 ORDER BY project_id, started_at DESC

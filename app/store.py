@@ -87,7 +87,7 @@ WITH incoming AS (
 ),
 old AS (
     SELECT r.snapshot_id, r.status, r.deleted_at, r.missed_listings, r.last_seen_at,
-           r.content_hash
+           r.status_seen_at, r.content_hash
     FROM snapshot_records AS r
     JOIN incoming AS i ON r.project_id = :project_id AND r.snapshot_id = i.snapshot_id
 ),
@@ -96,13 +96,14 @@ upserted AS (
         project_id, snapshot_id, snapshot_name, desktop_id, desktop_name, desktop_sid,
         desktop_pool_id, is_system_disk, status, process, description, create_time,
         create_type, last_restore_time, restore_fail_reason, raw, content_hash,
-        first_seen_at, last_seen_at, last_changed_at, deleted_at, missed_listings, last_run_id
+        first_seen_at, last_seen_at, last_changed_at, deleted_at, missed_listings, last_run_id,
+        status_seen_at
     )
     SELECT :project_id, i.snapshot_id, i.snapshot_name, i.desktop_id, i.desktop_name,
            i.desktop_sid, i.desktop_pool_id, i.is_system_disk, i.status, i.process,
            i.description, i.create_time, i.create_type, i.last_restore_time,
            i.restore_fail_reason, CAST(i.raw AS jsonb), i.content_hash,
-           :observed_at, :observed_at, :observed_at, NULL, 0, :run_id
+           :observed_at, :observed_at, :observed_at, NULL, 0, :run_id, :observed_at
     FROM incoming AS i
     ON CONFLICT (project_id, snapshot_id) DO UPDATE SET
         snapshot_name = EXCLUDED.snapshot_name,
@@ -125,7 +126,10 @@ upserted AS (
                                THEN EXCLUDED.last_changed_at ELSE r.last_changed_at END,
         deleted_at = NULL,
         missed_listings = 0,
-        last_run_id = EXCLUDED.last_run_id
+        last_run_id = EXCLUDED.last_run_id,
+        status_seen_at = CASE WHEN r.status IS DISTINCT FROM EXCLUDED.status
+                              THEN EXCLUDED.status_seen_at
+                              ELSE GREATEST(r.status_seen_at, EXCLUDED.status_seen_at) END
     WHERE r.content_hash IS DISTINCT FROM EXCLUDED.content_hash
        OR r.deleted_at IS NOT NULL
        OR r.missed_listings <> 0
@@ -144,9 +148,9 @@ history AS (
            :observed_at,
            CASE WHEN o.snapshot_id IS NULL THEN NULL
                 WHEN o.deleted_at IS NULL AND o.missed_listings = 0
-                     AND CAST(:last_listing_at AS timestamptz) IS NOT NULL
-                THEN GREATEST(o.last_seen_at, CAST(:last_listing_at AS timestamptz))
-                ELSE o.last_seen_at END,
+                THEN GREATEST(o.last_seen_at, o.status_seen_at,
+                              CAST(:last_listing_at AS timestamptz))
+                ELSE GREATEST(o.last_seen_at, o.status_seen_at) END,
            u.process, :run_id
     FROM upserted AS u
     LEFT JOIN old AS o ON o.snapshot_id = u.snapshot_id
@@ -181,15 +185,16 @@ WITH missed AS (
     WHERE r.project_id = :project_id
       AND r.snapshot_id = ANY(CAST(:snapshot_ids AS text[]))
       AND r.deleted_at IS NULL
-    RETURNING r.snapshot_id, r.status, r.process, r.deleted_at, r.last_seen_at
+    RETURNING r.snapshot_id, r.status, r.process, r.deleted_at, r.last_seen_at,
+              r.status_seen_at
 ),
 history AS (
     INSERT INTO snapshot_status_history (
         project_id, snapshot_id, from_status, to_status, observed_at, previous_observed_at,
         process, sync_run_id
     )
-    SELECT :project_id, m.snapshot_id, m.status, 'deleted', :observed_at, m.last_seen_at,
-           m.process, :run_id
+    SELECT :project_id, m.snapshot_id, m.status, 'deleted', :observed_at,
+           GREATEST(m.last_seen_at, m.status_seen_at), m.process, :run_id
     FROM missed AS m
     WHERE m.deleted_at IS NOT NULL
     ORDER BY m.snapshot_id
@@ -369,6 +374,78 @@ async def record_complete_listing(
             "started_at": started_at,
             "total": api_total_count,
         },
+    )
+
+
+# -- the hot lane -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A stored snapshot whose creation or restore was running when last seen."""
+
+    snapshot_id: str
+    status: str
+    content_hash: int
+    desktop_id: str | None
+    snapshot_name: str | None
+
+
+async def in_flight_counts(conn: AsyncConnection) -> dict[str, int]:
+    """Live snapshots in a transient status, per project (only projects that have some)."""
+    result = await conn.execute(
+        text(
+            "SELECT project_id, count(*) FROM snapshot_records "
+            "WHERE status IN ('creating', 'restoring') AND deleted_at IS NULL "
+            "GROUP BY project_id"
+        )
+    )
+    return {project_id: int(n) for project_id, n in result}
+
+
+async def load_in_flight(conn: AsyncConnection, project_id: str) -> list[InFlight]:
+    """The project's live snapshots in a transient status."""
+    result = await conn.execute(
+        text(
+            "SELECT snapshot_id, status, content_hash, desktop_id, snapshot_name "
+            "FROM snapshot_records WHERE project_id = :project_id "
+            "AND status IN ('creating', 'restoring') AND deleted_at IS NULL"
+        ),
+        {"project_id": project_id},
+    )
+    return [InFlight(*row) for row in result]
+
+
+async def claim_hot_poll(
+    conn: AsyncConnection, *, project_id: str, now: datetime, min_gap: float
+) -> bool:
+    """Record a poll of the project's in-flight snapshots unless one (by any replica) was
+    made less than `min_gap` seconds ago."""
+    claimed = await conn.scalar(
+        text(
+            "UPDATE projects SET last_hot_poll_at = CAST(:now AS timestamptz) "
+            "WHERE project_id = :project_id AND (last_hot_poll_at IS NULL "
+            "OR last_hot_poll_at <= CAST(:now AS timestamptz) - make_interval(secs => :gap)) "
+            "RETURNING true"
+        ),
+        {"project_id": project_id, "now": now, "gap": min_gap},
+    )
+    return bool(claimed)
+
+
+async def touch_status_seen(
+    conn: AsyncConnection, *, project_id: str, seen: dict[str, datetime]
+) -> None:
+    """Unchanged snapshots were observed again: remember when their status was last seen."""
+    if not seen:
+        return
+    await conn.execute(
+        text(
+            "UPDATE snapshot_records AS r SET status_seen_at = GREATEST(r.status_seen_at, s.at) "
+            "FROM unnest(CAST(:ids AS text[]), CAST(:ats AS timestamptz[])) AS s(id, at) "
+            "WHERE r.project_id = :project_id AND r.snapshot_id = s.id"
+        ),
+        {"project_id": project_id, "ids": list(seen), "ats": list(seen.values())},
     )
 
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -27,6 +28,10 @@ LOCK_POLL_SECONDS = 0.5
 RECHECK_CONCURRENCY = 4
 MAX_RECHECK_QUERIES = 2000
 RECHECK_PAGE_SIZE = 1000
+# Names per request when the hot lane looks up snapshots that left the in-flight listing
+# (`snapshot_names`, a repeated query key in the current API version).
+NAMES_PER_LOOKUP = 50
+TRANSIENT_STATUSES = ("creating", "restoring")
 # A listing that asks for more pages than this many times its first total is running away.
 RUNAWAY_FACTOR = 4
 
@@ -55,6 +60,7 @@ class RunResult:
     project_id: str
     status: str  # succeeded | failed | skipped
     run_id: int | None = None
+    kind: str = "full"
     counts: RunCounts = field(default_factory=RunCounts)
     error: str | None = None
     seconds: float = 0.0
@@ -274,10 +280,11 @@ class Syncer:
         run_id: int,
         status: str,
         counts: RunCounts,
-        stats: client_module.RequestStats,
+        stats: client_module.RequestStats | None,
         error: str | None,
     ) -> None:
-        counts.requests = stats.requests
+        if stats is not None:
+            counts.requests = stats.requests
         try:
             async with self._engine.begin() as conn:
                 await store.finish_run(
@@ -400,6 +407,173 @@ class Syncer:
             for snapshot in written:
                 known.hashes[snapshot.snapshot_id] = snapshot.content_hash
         return ids
+
+    async def poll_in_flight(self, project: settings_module.Project) -> RunResult | None:
+        """The hot lane: re-read only the project's in-flight snapshots.
+
+        Lists the transient statuses the project has in the database, then looks up those that
+        left the list by name (or desktop) to learn their new status. What changed goes through
+        the same upsert and history path as a full sync, under a `hot` run created only when
+        there is something to write; unchanged ones get `status_seen_at`, which tightens the
+        window of their next change. Never marks anything deleted. Returns None when there was
+        nothing to poll (no request made), the project was busy, or another replica polled it
+        less than a hot interval ago.
+        """
+        pid = project.project_id
+        started = time.monotonic()
+        async with self._project_lock(project, wait=False) as locked:
+            if not locked:
+                return None
+            now = datetime.now(UTC)
+            try:
+                async with self._engine.begin() as conn:
+                    in_flight = await store.load_in_flight(conn, pid)
+                    if not in_flight or not await store.claim_hot_poll(
+                        conn,
+                        project_id=pid,
+                        now=now,
+                        min_gap=self._settings.hot_interval * 0.8,
+                    ):
+                        return None
+                    last_listing_at = await conn.scalar(
+                        text("SELECT last_listing_at FROM projects WHERE project_id = :p"),
+                        {"p": pid},
+                    )
+            except (SQLAlchemyError, OSError) as exc:
+                raise errors.DatabaseError(db.describe_db_error(exc)) from None
+            result = RunResult(project_id=pid, status="succeeded", kind="hot")
+            known = store.KnownState(
+                hashes={row.snapshot_id: row.content_hash for row in in_flight},
+                last_listing_at=last_listing_at,
+            )
+            try:
+                await self._hot_poll(project, in_flight, known, result)
+            except asyncio.CancelledError:
+                if result.run_id is not None:
+                    result.error = "interrupted: the process was asked to stop"
+                    await asyncio.shield(
+                        self._finish(result.run_id, "failed", result.counts, None, result.error)
+                    )
+                raise
+            except (errors.ProjectError, errors.DatabaseError) as exc:
+                result.status, result.error = "failed", str(exc)
+                log.warning("hot poll failed: %s", exc, extra={"project_id": pid})
+                if result.run_id is not None:
+                    await self._finish(result.run_id, "failed", result.counts, None, result.error)
+            result.seconds = time.monotonic() - started
+            return result
+
+    async def _hot_poll(
+        self,
+        project: settings_module.Project,
+        in_flight: list[store.InFlight],
+        known: store.KnownState,
+        result: RunResult,
+    ) -> None:
+        pid = project.project_id
+        stats = client_module.RequestStats()
+        pages: list[client_module.Page] = []
+        for status in sorted({row.status for row in in_flight}):
+            pages.extend(await self._read_all(project, [("status", status)], stats))
+        listed = {
+            item.get("snapshot_id")
+            for page in pages
+            for item in page.items
+            if isinstance(item, dict)
+        }
+        gone = [row for row in in_flight if row.snapshot_id not in listed]
+        names = sorted({row.snapshot_name for row in gone if row.snapshot_name})
+        by_desktop = [r for r in gone if not r.snapshot_name]
+        try:
+            for start in range(0, len(names), NAMES_PER_LOOKUP):
+                chunk = names[start : start + NAMES_PER_LOOKUP]
+                pages.extend(
+                    await self._read_all(project, [("snapshot_names", n) for n in chunk], stats)
+                )
+        except errors.ApiError as exc:
+            if exc.status != 400:
+                raise
+            # An API version without the list filters: one lookup per desktop instead.
+            by_desktop = gone
+        for desktop in sorted({r.desktop_id for r in by_desktop if r.desktop_id}):
+            pages.extend(await self._read_all(project, [("desktop_id", desktop)], stats))
+        counts = result.counts
+        seen: dict[str, datetime] = {}
+        for page in pages:
+            sorted_out = items.triage(page.items, known.hashes)
+            counts.pages += 1
+            counts.rejected += len(sorted_out.rejections)
+            for rejection in sorted_out.rejections:
+                log.warning(
+                    "rejected item %d of a hot poll (snapshot_id %s): %s",
+                    rejection.index,
+                    rejection.snapshot_id or "unknown",
+                    rejection.reason,
+                    extra={"project_id": pid},
+                )
+            changed_ids = {s.snapshot_id for s in sorted_out.changed}
+            for sid in sorted_out.ids:
+                if sid not in changed_ids and sid in known.hashes:
+                    seen[sid] = page.fetched_at
+            counts.snapshots_seen += len(sorted_out.ids)
+            if not sorted_out.changed:
+                continue
+            if result.run_id is None:
+                result.run_id = await self._start_hot_run(project)
+            written = await self._write(
+                pid, result.run_id, page.fetched_at, known, sorted_out.changed, counts
+            )
+            for snapshot in written:
+                known.hashes[snapshot.snapshot_id] = snapshot.content_hash
+        counts.requests = stats.requests
+        result.retries = stats.retries
+        await self._assert_locked(pid)
+        try:
+            async with self._engine.begin() as conn:
+                await store.touch_status_seen(conn, project_id=pid, seen=seen)
+        except (SQLAlchemyError, OSError) as exc:
+            raise errors.DatabaseError(db.describe_db_error(exc)) from None
+        if result.run_id is not None:
+            await self._finish(result.run_id, "succeeded", counts, stats, None)
+            log.info(
+                "hot poll wrote %d change(s), %d transition(s) from %d request(s)",
+                counts.inserted + counts.updated,
+                counts.transitions,
+                stats.requests,
+                extra={"project_id": pid, "run_id": result.run_id},
+            )
+
+    async def _start_hot_run(self, project: settings_module.Project) -> int:
+        try:
+            async with self._engine.begin() as conn:
+                return await store.start_run(
+                    conn,
+                    project_id=project.project_id,
+                    started_at=datetime.now(UTC),
+                    owner=self._owner,
+                    kind="hot",
+                )
+        except (SQLAlchemyError, OSError) as exc:
+            raise errors.DatabaseError(db.describe_db_error(exc)) from None
+
+    async def _read_all(
+        self,
+        project: settings_module.Project,
+        filters: list[tuple[str, str]],
+        stats: client_module.RequestStats,
+    ) -> list[client_module.Page]:
+        """Every page of a small filtered listing (hot polls: a listing that shifts while it is
+        read may miss an item, which the next poll or full sync sees; nothing is deleted)."""
+        pages: list[client_module.Page] = []
+        offset = 0
+        while True:
+            page = await self._client.list_page(
+                project, offset=offset, limit=RECHECK_PAGE_SIZE, filters=filters, stats=stats
+            )
+            pages.append(page)
+            offset += RECHECK_PAGE_SIZE
+            if not page.items or offset >= page.total_count or len(pages) >= 100:
+                return pages
 
     async def _assert_locked(self, project_id: str) -> None:
         """Writes need the project's lock: if its connection died (a database restart), another
