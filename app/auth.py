@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
-from urllib.parse import quote
 
 import aiohttp
 
@@ -29,8 +28,15 @@ def canonical_query(params: Sequence[tuple[str, str]]) -> str:
 
     Huawei's gateway signs the query in this form, so every mode sends it this way.
     """
-    return "&".join(
-        f"{quote(key, safe='~')}={quote(value, safe='~')}" for key, value in sorted(params)
+    return signing.canonical_query(params)
+
+
+def _with_token(
+    url: str, params: Sequence[tuple[str, str]], headers: dict[str, str], token: str
+) -> PreparedRequest:
+    query = canonical_query(params)
+    return PreparedRequest(
+        url=f"{url}?{query}" if query else url, headers={**headers, "X-Auth-Token": token}
     )
 
 
@@ -88,11 +94,7 @@ class TokenAuth:
         project_id: str,
         region: str,
     ) -> PreparedRequest:
-        query = canonical_query(params)
-        return PreparedRequest(
-            url=f"{url}?{query}" if query else url,
-            headers={**headers, "X-Auth-Token": self._token},
-        )
+        return _with_token(url, params, headers, self._token)
 
     async def unauthorized(self, *, project_id: str, region: str) -> bool:
         return False  # a static token does not get better by asking again
@@ -191,11 +193,7 @@ class IamPasswordAuth:
         region: str,
     ) -> PreparedRequest:
         token = await self._token(project_id, region)
-        query = canonical_query(params)
-        return PreparedRequest(
-            url=f"{url}?{query}" if query else url,
-            headers={**headers, "X-Auth-Token": token.value},
-        )
+        return _with_token(url, params, headers, token.value)
 
     async def unauthorized(self, *, project_id: str, region: str) -> bool:
         self._tokens.pop(project_id, None)

@@ -122,16 +122,8 @@ def free_port() -> int:
 
 
 def daemon_command() -> list[str]:
-    """`python -m app run` once the command is registered; the command object until then."""
-    from app import cli
-
-    if "run" in cli.cli.commands:
-        return [sys.executable, "-m", "app", "run"]
-    return [
-        sys.executable,
-        "-c",
-        "from app import daemon; daemon.run_command(prog_name='snapsync run')",
-    ]
+    """`snapsync run`, as the console script runs it."""
+    return [sys.executable, "-m", "app", "run"]
 
 
 @dataclass
@@ -250,7 +242,7 @@ async def test_daemon_mirrors_changes_within_an_interval_and_serves_its_endpoint
         status, body = await running.get("/healthz")
         assert status == 200
         assert json.loads(body)["status"] == "ok"
-        assert json.loads(body)["jobs"] == 2
+        assert json.loads(body)["jobs"] == 3  # two projects and the hot lane
 
         # A change in the API shows in the tables within about an interval.
         snap = sim.population.snapshots(first)[0]
