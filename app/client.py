@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import random
-import re
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -262,15 +261,17 @@ class _Answer:
 
 
 # Integers this long lose precision in orjson (it reads them as floats); the API's ids are
-# strings, so such numbers are rare, and the standard decoder keeps them exact.
-_LONG_NUMBER = re.compile(rb"\d{17,}")
+# strings, so such numbers are rare, and the standard decoder keeps them exact. Digits become
+# "0" and everything else " " (bytes.translate is C-fast; a regex scan cost 5x the decode).
+_DIGITS_ONLY = bytes(ord("0") if chr(i).isdigit() and i < 128 else ord(" ") for i in range(256))
+_LONG_DIGIT_RUN = b"0" * 17
 
 
 def decode_json(raw: bytes) -> Any:
     """Decode a body fast with orjson; fall back to the standard decoder for what orjson
     reads inexactly (long integers) or refuses but JSON allows (escaped lone surrogates,
     which validation then rejects item by item). NaN and Infinity are refused by both."""
-    if not _LONG_NUMBER.search(raw):
+    if _LONG_DIGIT_RUN not in raw.translate(_DIGITS_ONLY):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
