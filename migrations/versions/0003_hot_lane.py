@@ -40,8 +40,8 @@ def _health_view(full_runs_only: bool) -> str:
     view = view.replace("CREATE VIEW", "CREATE OR REPLACE VIEW", 1)
     if full_runs_only:
         view = view.replace(
-            "WHERE f.project_id = p.project_id AND", "WHERE f.project_id = p.project_id "
-            "AND f.kind = 'full' AND"
+            "WHERE f.project_id = p.project_id AND",
+            "WHERE f.project_id = p.project_id AND f.kind = 'full' AND",
         )
         view = view.replace(
             "WHERE x.project_id = p.project_id\n",
@@ -93,9 +93,7 @@ def upgrade() -> None:
         ),
     )
     op.create_check_constraint("kind", "sync_runs", "kind IN ('full', 'hot')")
-    op.execute(
-        f"COMMENT ON COLUMN sync_runs.kind IS {_quote(COMMENTS[('sync_runs', 'kind')])}"
-    )
+    op.execute(f"COMMENT ON COLUMN sync_runs.kind IS {_quote(COMMENTS[('sync_runs', 'kind')])}")
     op.execute(_health_view(full_runs_only=True))
     # The views read it through snapshot_records; the reader role sees new columns anyway.
 
