@@ -246,6 +246,13 @@ class IamPasswordAuth:
                     status = response.status
                     token_value = response.headers.get("X-Subject-Token")
                     request_id = response.headers.get("X-Request-Id")
+            except aiohttp.ClientSSLError as exc:
+                raise errors.TransportError(
+                    project_id=project_id,
+                    reason=f"TLS failed at the IAM login ({exc}); if a private CA signs the "
+                    "endpoint's certificate, point SNAPSYNC_CA_BUNDLE at it",
+                    retryable=False,
+                ) from None
             except (TimeoutError, aiohttp.ClientError) as exc:
                 failure: errors.ProjectError = errors.TransportError(
                     project_id=project_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -72,10 +73,13 @@ def parse_time(value: object, field: str) -> datetime | None:
             raise ItemRejected(
                 f"{field} {value[:64]!r} is not a yyyy-MM-ddTHH:mm:ssZ time"
             ) from None
-        if parsed.tzinfo is None:
-            # The API documents UTC; a time without an offset is read as UTC.
-            parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    if parsed.tzinfo is None:
+        # The API documents UTC; a time without an offset is read as UTC, not local time.
+        return parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ItemRejected(f"{field} {value[:64]!r} is outside the representable range") from None
 
 
 def _check_storable(value: object, path: str, depth: int = 0) -> None:
@@ -122,6 +126,11 @@ def canonical_json(item: object) -> bytes:
     try:
         dumped = orjson.dumps(item, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError as exc:
+        if "64-bit" in str(exc):
+            # orjson's integers stop at 64 bits; jsonb's numbers do not.
+            return json.dumps(
+                item, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            ).encode("utf-8")
         # Find the exact place for the message (slow path, bad items only).
         _check_storable(item, "item")
         raise ItemRejected(f"item cannot be stored as JSON: {exc}") from None
@@ -206,6 +215,8 @@ class PageTriage:
     ids: list[str]
     changed: list[Snapshot]
     rejections: list[Rejection]
+    # Full ids of rejected items that carried one: listed, so never evidence of deletion.
+    rejected_ids: list[str]
 
 
 def triage(items: list[Any], known: Mapping[str, int | None]) -> PageTriage:
@@ -217,6 +228,7 @@ def triage(items: list[Any], known: Mapping[str, int | None]) -> PageTriage:
     ids: list[str] = []
     by_id: dict[str, Snapshot] = {}
     rejections: list[Rejection] = []
+    rejected_ids: list[str] = []
     for index, item in enumerate(items):
         dumped: bytes | None = None
         if type(item) is dict:
@@ -229,6 +241,7 @@ def triage(items: list[Any], known: Mapping[str, int | None]) -> PageTriage:
                 else:
                     if known[sid] == content_hash(dumped):
                         ids.append(sid)
+                        by_id.pop(sid, None)  # the last occurrence wins: this one, unchanged
                         continue
         try:
             snapshot = parse_item(item, dumped=dumped)
@@ -241,11 +254,16 @@ def triage(items: list[Any], known: Mapping[str, int | None]) -> PageTriage:
                     reason=str(exc),
                 )
             )
+            if isinstance(sid, str) and sid:
+                # Listed, though malformed now: it must not count as missing from the listing.
+                rejected_ids.append(sid)
             continue
         ids.append(snapshot.snapshot_id)
         by_id.pop(snapshot.snapshot_id, None)
         by_id[snapshot.snapshot_id] = snapshot
-    return PageTriage(ids=ids, changed=list(by_id.values()), rejections=rejections)
+    return PageTriage(
+        ids=ids, changed=list(by_id.values()), rejections=rejections, rejected_ids=rejected_ids
+    )
 
 
 def parse_page(items: list[Any]) -> tuple[list[Snapshot], list[Rejection]]:

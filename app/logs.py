@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -38,6 +39,14 @@ class _Redactor(logging.Filter):
         return text
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _visible(text: str) -> str:
+    """Control characters (newlines too) as escapes: API data cannot forge a log line."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 class ConsoleFormatter(logging.Formatter):
     """`2026-11-27T08:00:00Z INFO  app.sync [project=… run=…] message`."""
 
@@ -51,7 +60,7 @@ class ConsoleFormatter(logging.Formatter):
         text = f"{stamp} {record.levelname:<7} {record.name}"
         if context:
             text += f" [{context}]"
-        text += f" {record.getMessage()}"
+        text += f" {_visible(record.getMessage())}"
         if record.exc_text:
             text += "\n" + record.exc_text
         elif record.exc_info:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -90,6 +91,10 @@ class Settings(BaseSettings):
             return None
         if not value.is_file():
             raise ValueError(f"{value} is not a readable file of PEM certificates")
+        try:
+            ssl.create_default_context(cafile=str(value))
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ValueError(f"{value} holds no usable PEM certificate ({exc})") from None
         return value
 
     @field_validator("region")

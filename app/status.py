@@ -7,6 +7,7 @@ see the same numbers; rendered with rich as one table per project, or as JSON fo
 from __future__ import annotations
 
 import io
+import re
 import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -265,6 +266,14 @@ _OUTCOME_STYLES = {"succeeded": "green", "failed": "bold red", "abandoned": "red
 _FAILED_STATUSES = frozenset({"create_failed", "restore_failed"})
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown(text: str, style: str = "") -> Text:
+    """API or database text as literal output: no rich markup, no terminal control codes."""
+    return Text(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text), style=style)
+
+
 def project_table(st: ProjectStatus, now: datetime) -> Table:
     """One project's report as a two-column rich table."""
     table = Table(
@@ -293,7 +302,7 @@ def project_table(st: ProjectStatus, now: datetime) -> Table:
             f"transitions={c['transitions']} rejected={c['rejected']}",
         )
         if st.error:
-            table.add_row("error", Text(st.error, style="red"))
+            table.add_row("error", shown(st.error, "red"))
     if st.last_success_at is None:
         table.add_row("last success", Text("never", style="red"))
     else:
@@ -314,20 +323,26 @@ def project_table(st: ProjectStatus, now: datetime) -> Table:
         for i, (status, n) in enumerate(sorted(st.snapshots_by_status.items())):
             if i:
                 by_status.append("  ")
-            by_status.append(f"{status}={n}", style="red" if status in _FAILED_STATUSES else "")
+            by_status.append_text(
+                shown(f"{status}={n}", "red" if status in _FAILED_STATUSES else "")
+            )
         table.add_row("by status", by_status)
     for i, f in enumerate(st.recent_failures):
         table.add_row(
             f"failed ({RECENT_FAILURE_HOURS}h)" if i == 0 else "",
-            f"{f.observed_at.astimezone(UTC):%Y-%m-%d %H:%M} {f.to_status} "
-            f"{f.desktop_name or '?'} (snapshot {f.snapshot_id})",
+            shown(
+                f"{f.observed_at.astimezone(UTC):%Y-%m-%d %H:%M} {f.to_status} "
+                f"{f.desktop_name or '?'} (snapshot {f.snapshot_id})"
+            ),
         )
     earlier = [r for r in st.failed_runs if r.run_id != st.run_id]
     for i, r in enumerate(earlier):
         table.add_row(
             "earlier failed runs" if i == 0 else "",
-            f"#{r.run_id} {r.status} {r.started_at.astimezone(UTC):%Y-%m-%d %H:%M}: "
-            f"{r.error or 'no error recorded'}",
+            shown(
+                f"#{r.run_id} {r.status} {r.started_at.astimezone(UTC):%Y-%m-%d %H:%M}: "
+                f"{r.error or 'no error recorded'}"
+            ),
         )
     return table
 

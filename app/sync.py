@@ -393,7 +393,9 @@ class Syncer:
             )
         counts.rejected += len(sorted_out.rejections)
         ids = set(sorted_out.ids)
+        ids.update(sorted_out.rejected_ids)
         if listing is not None:
+            listing.seen.update(sorted_out.rejected_ids)
             for sid in sorted_out.ids:
                 if sid in listing.seen:
                     listing.duplicates += 1
@@ -781,4 +783,5 @@ def _is_data_error(exc: DBAPIError) -> bool:
     code = getattr(exc.orig, "sqlstate", None) or getattr(
         getattr(exc.orig, "__cause__", None), "sqlstate", None
     )
-    return isinstance(code, str) and code.startswith("22")
+    # 22: a value PostgreSQL refuses; 54: a value too large for an index or a row.
+    return isinstance(code, str) and code[:2] in ("22", "54")

@@ -25,6 +25,15 @@ REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = f"snapsync_tpl_{os.getpid()}"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        default=False,
+        help="run the reliability tests long: 200 kills, many more hypothesis examples",
+    )
+
+
 def _asyncpg_dsn(url: str, database: str | None = None) -> dict[str, object]:
     """Connection keywords for asyncpg from a SQLAlchemy-style URL (TCP or Unix socket)."""
     parsed = make_url(url.replace("+asyncpg", ""))
