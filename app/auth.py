@@ -264,7 +264,7 @@ class IamPasswordAuth:
                     log.info("logged in to IAM", extra={"project_id": project_id})
                     return _IamToken(token_value, _expiry(raw))
                 failure = _iam_error(project_id, status, raw, request_id)
-                if status not in (429, 500, 502, 503, 504):
+                if status not in errors.RETRYABLE_STATUSES:
                     raise failure
             if attempt + 1 < LOGIN_ATTEMPTS:
                 await asyncio.sleep(random.uniform(0, 0.5 * 2**attempt))

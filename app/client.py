@@ -26,7 +26,6 @@ from app import settings as settings_module
 
 log = logging.getLogger("app.client")
 
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 LIST_ORDER = (("sort_field", "create_time"), ("sort_type", "ASC"))
 MAX_BACKOFF = 30.0
 
@@ -135,7 +134,7 @@ class WorkspaceClient:
                 if isinstance(exc, errors.TransportError):
                     retryable = exc.retryable
                 else:
-                    retryable = exc.status in RETRY_STATUSES
+                    retryable = exc.status in errors.RETRYABLE_STATUSES
                 if not retryable or attempt >= self._settings.max_retries:
                     raise
                 delay = self._backoff(attempt, None)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# Answers worth retrying: throttling and the gateway's or the service's passing faults.
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
 
 class SnapsyncError(Exception):
     """Base of every error snapsync raises on purpose."""
@@ -59,7 +62,7 @@ class ApiError(ProjectError):
     @property
     def transient(self) -> bool:
         """Whether the same request may succeed when retried."""
-        return self.status in (429, 500, 502, 503, 504)
+        return self.status in RETRYABLE_STATUSES
 
 
 class BadResponseError(ProjectError):

@@ -31,7 +31,6 @@ RECHECK_PAGE_SIZE = 1000
 # Names per request when the hot lane looks up snapshots that left the in-flight listing
 # (`snapshot_names`, a repeated query key in the current API version).
 NAMES_PER_LOOKUP = 50
-TRANSIENT_STATUSES = ("creating", "restoring")
 # A listing that asks for more pages than this many times its first total is running away.
 RUNAWAY_FACTOR = 4
 
