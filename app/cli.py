@@ -1,21 +1,29 @@
-"""The `snapsync` command line: thin commands, each one short coroutine."""
+"""The `snapsync` command line: thin commands, each one short coroutine.
+
+Each command imports what it uses when it runs, so that start-up costs only what the command
+needs: `--help` imports click, `sync` neither alembic (only `migrate` does) nor rich, and
+`run`, `demo` and `simulate` are imported only when named (LAZY_COMMANDS).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
-from typing import NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import click
 
 import app
-from app import auth, client, db, errors, logs, sync
-from app import settings as settings_module
+from app import errors
+
+if TYPE_CHECKING:
+    from app import settings as settings_module
+    from app import sync
 
 T = TypeVar("T")
 
@@ -41,6 +49,9 @@ def reported_errors() -> Iterator[None]:
 
 def load(**overrides: object) -> settings_module.Settings:
     """Settings, with logging set up from them."""
+    from app import logs
+    from app import settings as settings_module
+
     settings = settings_module.load_settings(**overrides)
     logs.setup(fmt=settings.log_format, level=settings.log_level, secrets=secret_values(settings))
     return settings
@@ -66,6 +77,8 @@ def secret_values(settings: settings_module.Settings) -> list[str]:
 def _url_password(url: str) -> str | None:
     from sqlalchemy.engine import make_url
 
+    from app import settings as settings_module
+
     try:
         return make_url(settings_module.to_asyncpg_url(url)).password
     except Exception:  # a malformed URL fails later with its own message
@@ -74,6 +87,7 @@ def _url_password(url: str) -> str | None:
 
 def run_async(factory: Callable[[], Awaitable[T]]) -> T:
     """Run one coroutine; Ctrl-C ends it without a traceback."""
+    import asyncio
 
     async def main() -> T:
         return await factory()
@@ -84,7 +98,61 @@ def run_async(factory: Callable[[], Awaitable[T]]) -> T:
         fail("interrupted", 130)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose `lazy_commands` (name: module, attribute, summary) are imported only when
+    named; the listing of `--help` shows their summary, the first paragraph of their help."""
+
+    def __init__(
+        self, *args: object, lazy_commands: dict[str, tuple[str, str, str]], **kwargs: object
+    ):
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.lazy_commands = lazy_commands
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy_commands and cmd_name not in self.commands:
+            module, attribute, _ = self.lazy_commands[cmd_name]
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        listing = click.Group(commands=dict(self.commands))
+        for name, (_, _, summary) in self.lazy_commands.items():
+            if name not in listing.commands:
+                listing.add_command(click.Command(name, help=summary))
+        listing.format_commands(ctx, formatter)
+
+
+# tests/test_cli.py checks each summary against the command's own help.
+LAZY_COMMANDS = {
+    "run": (
+        "app.daemon",
+        "run_command",
+        "Sync every project on its interval until SIGTERM/SIGINT, serving /healthz, /readyz"
+        " and /metrics.",
+    ),
+    "demo": (
+        "app.demo",
+        "demo_command",
+        "The one-command tour: embedded PostgreSQL, the API simulator and the daemon for a"
+        " minute, with live progress, then a report and the psql command to explore the data.",
+    ),
+    "simulate": (
+        "app.simulator.command",
+        "simulate",
+        "Serve a simulated Workspace snapshots API (and IAM token endpoint) whose snapshots"
+        " change over time. Prints the settings snapsync needs; stops cleanly on SIGINT/SIGTERM.",
+    ),
+}
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy_commands=LAZY_COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(app.__version__, prog_name="snapsync")
 def cli() -> None:
     """Keep a PostgreSQL record of Huawei Cloud Workspace desktop snapshots and their history."""
@@ -93,10 +161,14 @@ def cli() -> None:
 @cli.command()
 def migrate() -> None:
     """Bring the database schema to the newest revision."""
+    from app import db
+
     with reported_errors():
         settings = load()
         if settings.log_level != "DEBUG":
             logging.getLogger("alembic").setLevel(logging.INFO)
+            # Alembic 1.17+ announces each of its plugins at INFO: not news for an operator.
+            logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
         async def go() -> str:
             async with db.open_engine(settings, pool_size=1) as engine:
@@ -137,6 +209,8 @@ async def _sync(
     settings: settings_module.Settings,
     projects: list[settings_module.Project],
 ) -> list[sync.RunResult]:
+    from app import auth, client, db, sync
+
     async with db.open_engine(settings) as engine:
         await db.check_schema(engine)
         async with client.new_session(settings) as session:
@@ -155,6 +229,8 @@ def select_projects(
     settings: settings_module.Settings, named: tuple[str, ...]
 ) -> list[settings_module.Project]:
     """The configured projects, or those named on the command line."""
+    from app import settings as settings_module
+
     if not named:
         return settings.require_projects()
     configured = {p.project_id: p for p in settings.project_list()}
@@ -175,6 +251,7 @@ def select_projects(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def status(as_json: bool) -> None:
     """Per project: last run, outcome and counts, age of the last success, snapshots."""
+    from app import db
     from app import status as status_module
 
     with reported_errors():
@@ -194,21 +271,6 @@ def status(as_json: bool) -> None:
             status_module.print_report(statuses, now)
         else:
             click.echo(status_module.render_text(statuses, now))
-
-
-def _attach_optional_commands() -> None:
-    try:
-        from app.simulator import command as simulator_command
-    except ImportError:  # pragma: no cover - the simulator ships with the package
-        return
-    cli.add_command(simulator_command.simulate)
-    from app import daemon, demo
-
-    cli.add_command(daemon.run_command)
-    cli.add_command(demo.demo_command)
-
-
-_attach_optional_commands()
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """`snapsync status`: per project, the last run, its outcome and counts, and snapshots by status.
 
 Read from the reporting views (`project_sync_health`, ...) so the terminal report and SQL users
-see the same numbers; rendered with rich as one table per project, or as JSON for scripts.
+see the same numbers; rendered with rich as one table per project, or as JSON for scripts
+(rich is imported only to render: `status --json` does without it).
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich import box
-from rich.console import Console, Group
-from rich.table import Table
-from rich.text import Text
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+if TYPE_CHECKING:
+    from rich.console import Console, Group
+    from rich.table import Table
+    from rich.text import Text
 
 # How far back the report looks for failed creations and restores, and how many it lists.
 RECENT_FAILURE_HOURS = 24
@@ -271,11 +273,17 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 def shown(text: str, style: str = "") -> Text:
     """API or database text as literal output: no rich markup, no terminal control codes."""
+    from rich.text import Text
+
     return Text(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text), style=style)
 
 
 def project_table(st: ProjectStatus, now: datetime) -> Table:
     """One project's report as a two-column rich table."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(
         title=Text(f"project {st.project_id}", style="bold"),
         title_justify="left",
@@ -349,6 +357,9 @@ def project_table(st: ProjectStatus, now: datetime) -> Table:
 
 def report(statuses: list[ProjectStatus], now: datetime) -> Group | Text:
     """The whole report as one rich renderable."""
+    from rich.console import Group
+    from rich.text import Text
+
     if not statuses:
         return Text("No project has been synced yet. Run `snapsync sync`.")
     return Group(*(project_table(st, now) for st in statuses))
@@ -363,11 +374,15 @@ def print_report(
     statuses: list[ProjectStatus], now: datetime, console: Console | None = None
 ) -> None:
     """Print the report with colours when the console is a terminal."""
+    from rich.console import Console
+
     (console or Console()).print(report(statuses, now))
 
 
 def render_text(statuses: list[ProjectStatus], now: datetime, width: int | None = None) -> str:
     """The report as plain text (no colours), `width` columns wide."""
+    from rich.console import Console
+
     console = Console(
         file=io.StringIO(),
         record=True,

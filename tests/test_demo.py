@@ -20,9 +20,11 @@ from app import demo
 
 def demo_argv() -> list[str]:
     """`python -m app demo`, or the command itself while it is not attached to the CLI yet."""
+    import click
+
     from app import cli
 
-    if "demo" in cli.cli.commands:
+    if "demo" in cli.cli.list_commands(click.Context(cli.cli)):
         return [sys.executable, "-m", "app", "demo"]
     return [sys.executable, "-c", "from app.demo import demo_command; demo_command()"]
 
