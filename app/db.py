@@ -44,7 +44,8 @@ def make_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
         pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={
-            "server_settings": {"application_name": "snapsync"},
+            # UTC: a time the API sends without an offset is read as UTC (store.UPSERT_PAGE).
+            "server_settings": {"application_name": "snapsync", "timezone": "UTC"},
             "timeout": 10,
         },
     )

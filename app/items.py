@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -11,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from xxhash import xxh3_64_intdigest
 
 STRING_FIELDS = (
     "snapshot_name",
@@ -33,23 +33,15 @@ class ItemRejected(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """One validated snapshot as the API described it, with its exact JSON form."""
+    """One validated snapshot: its key, its status and its JSON exactly as it will be stored.
+
+    The typed columns (times, flags, names) are taken from `json` by PostgreSQL when the row is
+    written (store.UPSERT_PAGE); validation here guarantees that every one of them converts.
+    """
 
     snapshot_id: str
-    snapshot_name: str | None
-    desktop_id: str | None
-    desktop_name: str | None
-    desktop_sid: str | None
-    desktop_pool_id: str | None
-    is_system_disk: bool | None
     status: str
-    process: int | None
-    description: str | None
-    create_time: datetime | None
-    create_type: str | None
-    last_restore_time: datetime | None
-    restore_fail_reason: str | None
-    raw_json: str
+    json: bytes
     content_hash: int
 
     @property
@@ -111,26 +103,32 @@ def _optional_str(item: dict[str, Any], field: str) -> str | None:
     raise ItemRejected(f"{field} is {type(value).__name__}, expected a string")
 
 
-def content_hash(canonical: bytes) -> int:
-    """A 64-bit signed digest of the item's canonical JSON, to skip unchanged rows cheaply."""
-    digest = hashlib.blake2b(canonical, digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+def content_hash(dumped: bytes) -> int:
+    """A 64-bit signed digest of the item's JSON, to skip unchanged rows cheaply (XXH3)."""
+    digest = xxh3_64_intdigest(dumped)
+    return digest - (1 << 64) if digest >= 1 << 63 else digest
 
 
-def canonical_json(item: object) -> bytes:
-    """The item as JSON with sorted keys: equal items give equal bytes (and equal hashes).
+def item_json(item: object) -> bytes:
+    """The item as compact JSON, its keys in the order the API sent them.
+
+    The same item always gives the same bytes (and hash). Key order is kept rather than sorted
+    because sorting costs more than everything else done to an unchanged item; an API that
+    reorders keys makes every row's hash differ once, which rewrites the hash and nothing else
+    (PostgreSQL compares the stored jsonb, which ignores key order).
 
     Raises ItemRejected for what PostgreSQL's jsonb cannot hold: unpaired surrogates, nesting
     deeper than the encoder allows, NUL characters.
     """
     try:
-        dumped = orjson.dumps(item, option=orjson.OPT_SORT_KEYS)
+        dumped = orjson.dumps(item)
     except orjson.JSONEncodeError as exc:
         if "64-bit" in str(exc):
             # orjson's integers stop at 64 bits; jsonb's numbers do not.
-            return json.dumps(
-                item, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-            ).encode("utf-8")
+            try:
+                return json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            except (TypeError, ValueError, RecursionError):
+                pass
         # Find the exact place for the message (slow path, bad items only).
         _check_storable(item, "item")
         raise ItemRejected(f"item cannot be stored as JSON: {exc}") from None
@@ -142,7 +140,7 @@ def canonical_json(item: object) -> bytes:
 def parse_item(item: object, *, dumped: bytes | None = None) -> Snapshot:
     """Validate one element of `desktop_snapshots`; raise ItemRejected saying what is wrong.
 
-    `dumped` is the item's canonical JSON when the caller already made it.
+    `dumped` is the item's JSON (item_json) when the caller already made it.
     """
     if not isinstance(item, dict):
         raise ItemRejected(f"item is {type(item).__name__}, expected an object")
@@ -173,29 +171,16 @@ def parse_item(item: object, *, dumped: bytes | None = None) -> Snapshot:
             raise ItemRejected(f"process is {type(process).__name__}, expected an integer or null")
         if not 0 <= process <= 100:
             raise ItemRejected(f"process is {process}, expected 0..100 or null")
-    strings = {field: _optional_str(item, field) for field in STRING_FIELDS}
-    times = {field: parse_time(item.get(field), field) for field in TIME_FIELDS}
+    for field in STRING_FIELDS:
+        _optional_str(item, field)
+    for field in TIME_FIELDS:
+        parse_time(item.get(field), field)
     for key, value in item.items():
         if type(value) is float and not math.isfinite(value):
             raise ItemRejected(f"{key} is {value}, which JSON cannot carry")
-    canonical = canonical_json(item) if dumped is None else dumped
+    dumped = item_json(item) if dumped is None else dumped
     return Snapshot(
-        snapshot_id=snapshot_id,
-        snapshot_name=strings["snapshot_name"],
-        desktop_id=strings["desktop_id"],
-        desktop_name=strings["desktop_name"],
-        desktop_sid=strings["desktop_sid"],
-        desktop_pool_id=strings["desktop_pool_id"],
-        is_system_disk=is_system_disk,
-        status=status,
-        process=process,
-        description=strings["description"],
-        create_time=times["create_time"],
-        create_type=strings["create_type"],
-        last_restore_time=times["last_restore_time"],
-        restore_fail_reason=strings["restore_fail_reason"],
-        raw_json=canonical.decode("utf-8"),
-        content_hash=content_hash(canonical),
+        snapshot_id=snapshot_id, status=status, json=dumped, content_hash=content_hash(dumped)
     )
 
 
@@ -222,29 +207,38 @@ class PageTriage:
 def triage(items: list[Any], known: Mapping[str, int | None]) -> PageTriage:
     """Validate the items of a page whose content differs from `known` (id -> stored hash).
 
-    An item whose canonical JSON hashes to the stored value is unchanged: it was valid when it
-    was stored, so it is not parsed again. A repeated id keeps its last occurrence.
+    An item whose JSON hashes to the stored value is unchanged: it was valid when it was
+    stored, so it is not validated again. A repeated id keeps its last occurrence.
     """
     ids: list[str] = []
     by_id: dict[str, Snapshot] = {}
     rejections: list[Rejection] = []
     rejected_ids: list[str] = []
+    dumps = orjson.dumps
+    lookup = known.get
     for index, item in enumerate(items):
-        dumped: bytes | None = None
         if type(item) is dict:
             sid = item.get("snapshot_id")
-            if type(sid) is str and sid in known:
+            if isinstance(sid, str) and (stored := lookup(sid)) is not None:
+                # The hot path of a resync: content_hash(item_json(item)), inlined.
+                digest: int | None
                 try:
-                    dumped = canonical_json(item)
-                except ItemRejected:
-                    dumped = None
+                    digest = xxh3_64_intdigest(dumps(item))
+                except orjson.JSONEncodeError:
+                    try:
+                        digest = content_hash(item_json(item))  # integers beyond 64 bits
+                    except ItemRejected:
+                        digest = None
                 else:
-                    if known[sid] == content_hash(dumped):
-                        ids.append(sid)
+                    if digest >= 1 << 63:
+                        digest -= 1 << 64
+                if stored == digest:
+                    ids.append(sid)
+                    if by_id:
                         by_id.pop(sid, None)  # the last occurrence wins: this one, unchanged
-                        continue
+                    continue
         try:
-            snapshot = parse_item(item, dumped=dumped)
+            snapshot = parse_item(item)
         except ItemRejected as exc:
             sid = item.get("snapshot_id") if isinstance(item, dict) else None
             rejections.append(

@@ -117,6 +117,17 @@ class _Listing:
         return found
 
 
+@dataclass
+class _Writer:
+    """The connection holding a project's advisory lock. Every write of the project's sync goes
+    through it, one at a time: a write can only happen while this session holds the lock (if
+    the connection dies, the lock and the write go with it), and no write pays for a pool
+    checkout or a separate lock check."""
+
+    conn: AsyncConnection
+    gate: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 def process_owner() -> str:
     """Who runs a sync, for operators reading `sync_runs.owner`."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -141,7 +152,7 @@ class Syncer:
         self._on_progress = on_progress
         self._on_finished = on_finished
         # The connection holding each project's advisory lock, while its sync runs.
-        self._lock_connections: dict[str, AsyncConnection] = {}
+        self._writers: dict[str, _Writer] = {}
 
     async def sync_all(
         self, projects: Sequence[settings_module.Project], *, wait_for_lock: bool = True
@@ -187,9 +198,12 @@ class Syncer:
         except (SQLAlchemyError, OSError) as exc:
             raise errors.DatabaseError(db.describe_db_error(exc)) from None
         try:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
             waited = False
-            while not await store.try_lock_project(conn, project.project_id):
+            while True:
+                locked = await store.try_lock_project(conn, project.project_id)
+                await conn.commit()  # a session-level lock outlives the transaction
+                if locked:
+                    break
                 if not wait:
                     yield False
                     return
@@ -200,18 +214,36 @@ class Syncer:
                     )
                     waited = True
                 await asyncio.sleep(LOCK_POLL_SECONDS)
-            self._lock_connections[project.project_id] = conn
+            self._writers[project.project_id] = _Writer(conn)
             try:
                 yield True
             finally:
-                self._lock_connections.pop(project.project_id, None)
+                self._writers.pop(project.project_id, None)
                 with contextlib.suppress(SQLAlchemyError, OSError):
-                    await asyncio.shield(store.unlock_project(conn, project.project_id))
+                    await asyncio.shield(self._unlock(conn, project.project_id))
         except (SQLAlchemyError, OSError) as exc:
             raise errors.DatabaseError(db.describe_db_error(exc)) from None
         finally:
             with contextlib.suppress(SQLAlchemyError, OSError):
                 await asyncio.shield(conn.close())
+
+    @staticmethod
+    async def _unlock(conn: AsyncConnection, project_id: str) -> None:
+        await conn.rollback()
+        await store.unlock_project(conn, project_id)
+        await conn.commit()
+
+    @contextlib.asynccontextmanager
+    async def _writing(self, project_id: str) -> AsyncIterator[AsyncConnection]:
+        """A transaction on the connection that holds the project's lock (see _Writer)."""
+        writer = self._writers.get(project_id)
+        if writer is None or writer.conn.closed:
+            raise errors.DatabaseError(
+                "lost the project's lock (the connection holding it is closed); the sync "
+                "stopped before writing without it"
+            )
+        async with writer.gate, writer.conn.begin():
+            yield writer.conn
 
     async def _run(self, project: settings_module.Project, result: RunResult) -> None:
         pid = project.project_id
@@ -219,7 +251,7 @@ class Syncer:
         listing_started = datetime.now(UTC)
         clock = time.monotonic()
         try:
-            async with self._engine.begin() as conn:
+            async with self._writing(pid) as conn:
                 await store.ensure_project(conn, pid, project.region)
                 abandoned = await store.abandon_stale_runs(conn, pid)
                 run_id = await store.start_run(
@@ -302,7 +334,7 @@ class Syncer:
         stats: client_module.RequestStats,
     ) -> None:
         pid = project.project_id
-        async with self._engine.connect() as conn:
+        async with self._writing(pid) as conn:
             known = await store.load_known_state(conn, pid)
         listing = _Listing()
         limit = self._settings.page_size
@@ -377,8 +409,8 @@ class Syncer:
         listing: _Listing | None,
         counts: RunCounts,
         observed_at: datetime,
-    ) -> set[str]:
-        """Validate a page, write what changed; return the ids it held."""
+    ) -> items.PageTriage:
+        """Validate a page, write what changed; return how it was sorted out."""
         pid = project.project_id
         sorted_out = items.triage(page.items, known.hashes)
         for rejection in sorted_out.rejections:
@@ -391,23 +423,21 @@ class Syncer:
                 extra={"project_id": pid, "run_id": run_id},
             )
         counts.rejected += len(sorted_out.rejections)
-        ids = set(sorted_out.ids)
-        ids.update(sorted_out.rejected_ids)
         if listing is not None:
-            listing.seen.update(sorted_out.rejected_ids)
-            for sid in sorted_out.ids:
-                if sid in listing.seen:
-                    listing.duplicates += 1
-                else:
-                    listing.seen.add(sid)
-                    counts.snapshots_seen += 1
+            seen = listing.seen
+            seen.update(sorted_out.rejected_ids)
+            before = len(seen)
+            seen.update(sorted_out.ids)
+            added = len(seen) - before
+            listing.duplicates += len(sorted_out.ids) - added
+            counts.snapshots_seen += added
         changed = sorted_out.changed
         counts.unchanged += len(sorted_out.ids) - len(changed)
         if changed:
             written = await self._write(pid, run_id, observed_at, known, changed, counts)
             for snapshot in written:
                 known.hashes[snapshot.snapshot_id] = snapshot.content_hash
-        return ids
+        return sorted_out
 
     async def poll_in_flight(self, project: settings_module.Project) -> RunResult | None:
         """The hot lane: re-read only the project's in-flight snapshots.
@@ -427,7 +457,7 @@ class Syncer:
                 return None
             now = datetime.now(UTC)
             try:
-                async with self._engine.begin() as conn:
+                async with self._writing(pid) as conn:
                     in_flight = await store.load_in_flight(conn, pid)
                     if not in_flight or not await store.claim_hot_poll(
                         conn,
@@ -528,9 +558,8 @@ class Syncer:
                 known.hashes[snapshot.snapshot_id] = snapshot.content_hash
         counts.requests = stats.requests
         result.retries = stats.retries
-        await self._assert_locked(pid)
         try:
-            async with self._engine.begin() as conn:
+            async with self._writing(pid) as conn:
                 await store.touch_status_seen(conn, project_id=pid, seen=seen)
         except (SQLAlchemyError, OSError) as exc:
             raise errors.DatabaseError(db.describe_db_error(exc)) from None
@@ -576,20 +605,6 @@ class Syncer:
             if not page.items or offset >= page.total_count or len(pages) >= 100:
                 return pages
 
-    async def _assert_locked(self, project_id: str) -> None:
-        """Writes need the project's lock: if its connection died (a database restart), another
-        process may hold the lock now, so the run stops instead of writing beside it."""
-        conn = self._lock_connections.get(project_id)
-        try:
-            if conn is None or conn.closed:
-                raise ConnectionError("the connection holding it is closed")
-            await conn.exec_driver_sql("SELECT 1")
-        except (SQLAlchemyError, OSError) as exc:
-            raise errors.DatabaseError(
-                f"lost the project's lock ({db.describe_db_error(exc)}); the sync stopped "
-                "before writing without it"
-            ) from None
-
     async def _write(
         self,
         project_id: str,
@@ -600,9 +615,8 @@ class Syncer:
         counts: RunCounts,
     ) -> list[items.Snapshot]:
         """Upsert a batch; if PostgreSQL refuses it, retry item by item and reject the bad ones."""
-        await self._assert_locked(project_id)
         try:
-            async with self._engine.begin() as conn:
+            async with self._writing(project_id) as conn:
                 got = await store.upsert_snapshots(
                     conn,
                     project_id=project_id,
@@ -658,7 +672,7 @@ class Syncer:
         """
         pid = project.project_id
         extra = {"project_id": pid, "run_id": run_id}
-        candidates = [sid for sid in known.hashes if sid not in listing.seen]
+        candidates = sorted(known.hashes.keys() - listing.seen)
         signals = listing.signals()
         if signals:
             log.info("listing shifted while paging: %s", "; ".join(signals), extra=extra)
@@ -668,9 +682,8 @@ class Syncer:
                 project, run_id, known, candidates, counts, stats, trusted=not signals
             )
         observed_at = datetime.now(UTC)
-        await self._assert_locked(pid)
         try:
-            async with self._engine.begin() as conn:
+            async with self._writing(pid) as conn:
                 if confirmed:
                     _, deleted = await store.mark_missing(
                         conn,
@@ -708,7 +721,7 @@ class Syncer:
     ) -> list[str]:
         """Look the missing snapshots up by desktop (or name); return those still absent."""
         pid = project.project_id
-        async with self._engine.connect() as conn:
+        async with self._writing(pid) as conn:
             keys = await store.lookup_keys(conn, pid, candidates)
         groups: dict[tuple[str, str], list[str]] = defaultdict(list)
         unverifiable: list[str] = []
@@ -768,13 +781,15 @@ class Syncer:
         page = await self._client.list_page(
             project, offset=0, limit=RECHECK_PAGE_SIZE, filters=filters, stats=stats
         )
-        found = await self._load_page(project, run_id, page, known, None, counts, page.fetched_at)
+        sorted_out = await self._load_page(
+            project, run_id, page, known, None, counts, page.fetched_at
+        )
         if page.total_count > len(page.items):
             raise errors.PagingError(
                 f"project {project.project_id}: {filters[0][0]} {filters[0][1]} holds "
                 f"{page.total_count} snapshots, more than one page; cannot prove absence"
             )
-        return found
+        return {*sorted_out.ids, *sorted_out.rejected_ids}
 
 
 def _is_data_error(exc: DBAPIError) -> bool:
