@@ -101,6 +101,37 @@ async def test_first_sync_mirrors_every_column_and_a_resync_writes_nothing(
         assert seen == 2400, "last_seen_at is the start of the newest complete listing"
 
 
+async def test_hashes_of_an_older_release_are_replaced_without_recording_a_change(
+    database_url: str, sql: asyncpg.Connection, workdir: Path
+) -> None:
+    """An upgrade that changes how content_hash is computed (or an API that reorders keys)
+    rewrites the stored hashes once, and records no change: no history row, no new
+    last_changed_at, `updated=0`."""
+    async with serve(projects=1, snapshots=300, seed=11) as sim:
+        assert (await sync(sim, database_url, workdir)).code == 0
+        # What a release that hashed differently left behind.
+        await sql.execute("UPDATE snapshot_records SET content_hash = content_hash # 12345")
+        before = await sql.fetch(
+            "SELECT snapshot_id, last_changed_at, content_hash FROM snapshot_records"
+        )
+        again = await sync(sim, database_url, workdir)
+        assert again.code == 0, again.output
+        assert "inserted=0 updated=0 deleted=0 transitions=0" in again.stdout
+        after = {
+            r["snapshot_id"]: r
+            for r in await sql.fetch(
+                "SELECT snapshot_id, last_changed_at, content_hash FROM snapshot_records"
+            )
+        }
+        for row in before:
+            assert after[row["snapshot_id"]]["last_changed_at"] == row["last_changed_at"]
+            assert after[row["snapshot_id"]]["content_hash"] == row["content_hash"] ^ 12345
+        assert await sql.fetchval("SELECT count(*) FROM snapshot_status_history") == 300
+        third = await sync(sim, database_url, workdir)
+        runs = await sql.fetch("SELECT unchanged, updated FROM sync_runs ORDER BY id")
+        assert third.code == 0 and [tuple(r) for r in runs[1:]] == [(300, 0), (300, 0)]
+
+
 async def test_scripted_changes_write_exactly_their_history(
     database_url: str, sql: asyncpg.Connection, workdir: Path
 ) -> None:
