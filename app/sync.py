@@ -97,14 +97,46 @@ class ListingInconsistent(Exception):
     """Raised internally when the listing cannot prove absence."""
 
 
-@dataclass
 class _Listing:
-    """Bookkeeping of one pass over a project's pages."""
+    """Bookkeeping of one pass over a project's pages.
 
-    seen: set[str] = field(default_factory=set)
-    totals: set[int] = field(default_factory=set)
-    duplicates: int = 0
-    last_total: int = 0
+    Tracks what is still unseen rather than what was seen: the set starts as the stored live
+    ids (the same string objects as the known state, so it costs only its table) and shrinks
+    page by page; what is left at the end is the deletion rule's candidates. Ids that were not
+    stored when the listing started are kept in `fresh`.
+    """
+
+    def __init__(self, known: dict[str, int | None]) -> None:
+        self.unseen: set[str] = set(known)
+        self.stored = len(self.unseen)
+        self.fresh: set[str] = set()
+        self.totals: set[int] = set()
+        self.duplicates = 0
+        self.last_total = 0
+
+    @property
+    def distinct(self) -> int:
+        """Distinct snapshots listed so far."""
+        return self.stored - len(self.unseen) + len(self.fresh)
+
+    def see(self, ids: list[str], rejected_ids: list[str], known: dict[str, int | None]) -> int:
+        """Count a page's ids (`known` as it was before the page's writes); return how many were
+        seen for the first time in this listing. Rejected ids count as listed, not as seen."""
+        unseen, fresh = self.unseen, self.fresh
+        if rejected_ids:
+            unseen.difference_update(rejected_ids)
+            fresh.update(sid for sid in rejected_ids if sid not in known)
+        before = len(unseen)
+        unseen.difference_update(ids)
+        first = before - len(unseen)
+        # Not stored at the start, or written earlier in this listing (then it is in `known`
+        # now): only the ones not yet in `fresh` are new sightings.
+        new = {sid for sid in ids if sid not in known}
+        new.difference_update(fresh)
+        fresh.update(new)
+        first += len(new)
+        self.duplicates += len(ids) - first
+        return first
 
     def signals(self) -> list[str]:
         found = []
@@ -112,8 +144,8 @@ class _Listing:
             found.append(f"total_count changed while paging ({sorted(self.totals)})")
         if self.duplicates:
             found.append(f"{self.duplicates} snapshot(s) appeared on two pages")
-        if len(self.seen) != self.last_total:
-            found.append(f"{len(self.seen)} distinct snapshots seen, total_count {self.last_total}")
+        if self.distinct != self.last_total:
+            found.append(f"{self.distinct} distinct snapshots seen, total_count {self.last_total}")
         return found
 
 
@@ -336,7 +368,7 @@ class Syncer:
         pid = project.project_id
         async with self._writing(pid) as conn:
             known = await store.load_known_state(conn, pid)
-        listing = _Listing()
+        listing = _Listing(known.hashes)
         limit = self._settings.page_size
         offset = 0
         first_total: int | None = None
@@ -424,13 +456,9 @@ class Syncer:
             )
         counts.rejected += len(sorted_out.rejections)
         if listing is not None:
-            seen = listing.seen
-            seen.update(sorted_out.rejected_ids)
-            before = len(seen)
-            seen.update(sorted_out.ids)
-            added = len(seen) - before
-            listing.duplicates += len(sorted_out.ids) - added
-            counts.snapshots_seen += added
+            counts.snapshots_seen += listing.see(
+                sorted_out.ids, sorted_out.rejected_ids, known.hashes
+            )
         changed = sorted_out.changed
         counts.unchanged += len(sorted_out.ids) - len(changed)
         if changed:
@@ -672,7 +700,7 @@ class Syncer:
         """
         pid = project.project_id
         extra = {"project_id": pid, "run_id": run_id}
-        candidates = sorted(known.hashes.keys() - listing.seen)
+        candidates = list(listing.unseen)
         signals = listing.signals()
         if signals:
             log.info("listing shifted while paging: %s", "; ".join(signals), extra=extra)
