@@ -43,6 +43,8 @@ class Snapshot:
     status: str
     json: bytes
     content_hash: int
+    # A float somewhere in the item: it may stand for an integer the fast decoder rounded.
+    holds_float: bool = False
 
     @property
     def in_flight(self) -> bool:
@@ -175,13 +177,33 @@ def parse_item(item: object, *, dumped: bytes | None = None) -> Snapshot:
         _optional_str(item, field)
     for field in TIME_FIELDS:
         parse_time(item.get(field), field)
+    floats = False
     for key, value in item.items():
-        if type(value) is float and not math.isfinite(value):
-            raise ItemRejected(f"{key} is {value}, which JSON cannot carry")
+        if type(value) is float:
+            if not math.isfinite(value):
+                raise ItemRejected(f"{key} is {value}, which JSON cannot carry")
+            floats = True
     dumped = item_json(item) if dumped is None else dumped
+    if not floats:
+        # Nested values, once item_json has bounded the depth.
+        floats = any(_holds_float(v) for v in item.values() if type(v) in (dict, list))
     return Snapshot(
-        snapshot_id=snapshot_id, status=status, json=dumped, content_hash=content_hash(dumped)
+        snapshot_id=snapshot_id,
+        status=status,
+        json=dumped,
+        content_hash=content_hash(dumped),
+        holds_float=floats,
     )
+
+
+def _holds_float(value: object) -> bool:
+    if type(value) is float:
+        return True
+    if type(value) is dict:
+        return any(_holds_float(v) for v in value.values())
+    if type(value) is list:
+        return any(_holds_float(v) for v in value)
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +224,8 @@ class PageTriage:
     rejections: list[Rejection]
     # Full ids of rejected items that carried one: listed, so never evidence of deletion.
     rejected_ids: list[str]
+    # A changed item holds a float: decode the page exactly before storing it (client.Page).
+    holds_float: bool = False
 
 
 def triage(items: list[Any], known: Mapping[str, int | None]) -> PageTriage:
@@ -255,8 +279,13 @@ def triage(items: list[Any], known: Mapping[str, int | None]) -> PageTriage:
         ids.append(snapshot.snapshot_id)
         by_id.pop(snapshot.snapshot_id, None)
         by_id[snapshot.snapshot_id] = snapshot
+    changed = list(by_id.values())
     return PageTriage(
-        ids=ids, changed=list(by_id.values()), rejections=rejections, rejected_ids=rejected_ids
+        ids=ids,
+        changed=changed,
+        rejections=rejections,
+        rejected_ids=rejected_ids,
+        holds_float=any(s.holds_float for s in changed),
     )
 
 

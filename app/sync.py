@@ -444,7 +444,7 @@ class Syncer:
     ) -> items.PageTriage:
         """Validate a page, write what changed; return how it was sorted out."""
         pid = project.project_id
-        sorted_out = items.triage(page.items, known.hashes)
+        sorted_out = _triage(page, known)
         for rejection in sorted_out.rejections:
             log.warning(
                 "rejected item %d of the page at offset %d (snapshot_id %s): %s",
@@ -559,7 +559,7 @@ class Syncer:
         counts = result.counts
         seen: dict[str, datetime] = {}
         for page in pages:
-            sorted_out = items.triage(page.items, known.hashes)
+            sorted_out = _triage(page, known)
             counts.pages += 1
             counts.rejected += len(sorted_out.rejections)
             for rejection in sorted_out.rejections:
@@ -818,6 +818,15 @@ class Syncer:
                 f"{page.total_count} snapshots, more than one page; cannot prove absence"
             )
         return {*sorted_out.ids, *sorted_out.rejected_ids}
+
+
+def _triage(page: client_module.Page, known: store.KnownState) -> items.PageTriage:
+    """Sort a page out against the known state; if an item to be stored holds a float (which
+    may be an integer the fast decoder rounded), sort out the exactly decoded page instead."""
+    sorted_out = items.triage(page.items, known.hashes)
+    if sorted_out.holds_float and page.body is not None:
+        sorted_out = items.triage(page.exact().items, known.hashes)
+    return sorted_out
 
 
 def _is_data_error(exc: DBAPIError) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from datetime import UTC, datetime
 
 import pytest
 
@@ -51,3 +53,25 @@ def test_canonical_form_is_what_the_api_sent() -> None:
 def test_garbage_raises_value_error(body: bytes) -> None:
     with pytest.raises(ValueError):
         client.decode_json(body)
+
+
+def test_the_fast_decoder_says_when_its_answer_may_be_rounded() -> None:
+    body = b'{"total_count": 1, "desktop_snapshots": [{"x": 123456789012345678901234567890}]}'
+    payload, exact = client.decode_json_fast(body)
+    assert not exact and isinstance(payload["desktop_snapshots"][0]["x"], float)
+    page = dataclasses.replace(
+        client.decode_page(
+            payload,
+            project_id="p",
+            offset=0,
+            limit=1000,
+            request_id=None,
+            fetched_at=datetime.now(UTC),
+        ),
+        body=body,
+    )
+    assert page.exact().items == [{"x": 123456789012345678901234567890}]
+    assert page.exact().body is None
+    # What orjson refuses but JSON allows goes to the exact decoder at once.
+    payload, exact = client.decode_json_fast(b'{"a": "\\ud800"}')
+    assert exact and payload == {"a": "\ud800"}

@@ -682,12 +682,28 @@ async def test_an_oversized_value_in_an_indexed_column_is_rejected_not_fatal(
 async def test_a_number_beyond_64_bits_in_an_unknown_field_is_stored_exactly(
     database_url: str, sql: asyncpg.Connection
 ) -> None:
-    item = _item("big-number", quota_bytes=123456789012345678901234567890)
+    """The fast decoder rounds such integers to floats; the page is decoded again exactly
+    before anything holding a float is stored, and the next sync finds it unchanged."""
+    items_ = [
+        _item("big-number", quota_bytes=123456789012345678901234567890),
+        _item("big-nested", usage={"history": [1, -(2**70)], "ratio": 0.25}),
+        _item("plain-float", ratio=0.5),
+        _item("ok"),
+    ]
     async with serve(projects=1, snapshots=1) as sim:
-        pid, result = await sync_raw(sim, database_url, [_page([item])])
-        assert result.status == "succeeded", result.summary()
-        assert result.counts.rejected == 0
-        assert json.loads((await stored(sql, pid))["big-number"]["raw"]) == item
+        pid = uuid.uuid4().hex
+        # One answer per sync: each raw page is served once.
+        await sim.control("POST", f"/_sim/projects/{pid}/raw-pages", [_page(items_)] * 2)
+        async with in_process(sim, database_url, max_retries=0) as harness:
+            first = await harness.sync(pid, timeout=120)
+            second = await harness.sync(pid, timeout=120)
+        assert first.status == "succeeded", first.summary()
+        assert first.counts.rejected == 0 and first.counts.inserted == 4
+        rows = await stored(sql, pid)
+        for item in items_:
+            assert json.loads(rows[item["snapshot_id"]]["raw"]) == item
+        assert second.status == "succeeded", second.summary()
+        assert (second.counts.inserted, second.counts.updated, second.counts.unchanged) == (0, 0, 4)
 
 
 class CorruptItems:
