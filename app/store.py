@@ -101,7 +101,10 @@ old AS (
     FROM snapshot_records AS r
     -- An array, not a join: a join lets the planner hash the project's every row when its
     -- statistics are stale (a first sync), which made each page cost O(project size).
-    WHERE r.project_id = :project_id
+    -- :absent says the caller knows none of the ids is stored (KnownState.complete): then
+    -- there is nothing to look up.
+    WHERE NOT CAST(:absent AS boolean)
+      AND r.project_id = :project_id
       AND r.snapshot_id = ANY(ARRAY(SELECT i.snapshot_id FROM incoming AS i))
 ),
 upserted AS (
@@ -241,11 +244,14 @@ async def upsert_snapshots(
     observed_at: datetime,
     last_listing_at: datetime | None,
     snapshots: Sequence[items.Snapshot],
+    absent: bool = False,
 ) -> UpsertCounts:
     """Write new and changed snapshots and the history of their status changes, in one statement.
 
     The caller holds the project's lock, so `old` (read in the same statement) is the truth
-    about the previous state.
+    about the previous state. `absent`: the caller knows that none of the snapshots is stored
+    (the lookup of old rows is skipped; a row that exists anyway is still updated, but its
+    history would read as a first sighting).
     """
     if not snapshots:
         return UpsertCounts(0, 0, 0)
@@ -255,6 +261,7 @@ async def upsert_snapshots(
             {
                 "items": _page_json(snapshots),
                 "content_hash": [s.content_hash for s in snapshots],
+                "absent": absent,
                 "project_id": project_id,
                 "run_id": run_id,
                 "observed_at": observed_at,
@@ -305,6 +312,9 @@ class KnownState:
     # (it was missing from a complete listing).
     hashes: dict[str, int | None]
     last_listing_at: datetime | None
+    # `hashes` covers every row the project has (it has no deleted rows; the sync adds what it
+    # writes), so an id missing from it is missing from the table too.
+    complete: bool = False
 
 
 async def load_known_state(conn: AsyncConnection, project_id: str) -> KnownState:
@@ -321,11 +331,17 @@ async def load_known_state(conn: AsyncConnection, project_id: str) -> KnownState
         )
     ).one()
     hashes: dict[str, int | None] = dict(zip(ids, digests, strict=True))
-    last = await conn.scalar(
-        text("SELECT last_listing_at FROM projects WHERE project_id = :project_id"),
-        {"project_id": project_id},
-    )
-    return KnownState(hashes=hashes, last_listing_at=last)
+    last, has_deleted = (
+        await conn.execute(
+            text(
+                "SELECT (SELECT last_listing_at FROM projects WHERE project_id = :project_id), "
+                "EXISTS (SELECT 1 FROM snapshot_records WHERE project_id = :project_id "
+                "AND deleted_at IS NOT NULL)"
+            ),
+            {"project_id": project_id},
+        )
+    ).one()
+    return KnownState(hashes=hashes, last_listing_at=last, complete=not has_deleted)
 
 
 async def lookup_keys(

@@ -652,6 +652,8 @@ class Syncer:
                     observed_at=observed_at,
                     last_listing_at=known.last_listing_at,
                     snapshots=snapshots,
+                    absent=known.complete
+                    and not any(s.snapshot_id in known.hashes for s in snapshots),
                 )
             self._add(counts, got, len(snapshots))
             return snapshots
