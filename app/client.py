@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import decimal
 import json
 import logging
@@ -12,7 +11,7 @@ import random
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -46,17 +45,13 @@ class Page:
     body: bytes | None = None
 
     def exact(self) -> Page:
-        """The same page decoded by the exact decoder (integers of any length stay exact)."""
+        """The same page decoded by the exact decoder (integers of any length stay exact).
+
+        The same bytes have the same shape, which decode_page already checked."""
         if self.body is None:
             return self
-        return decode_page(
-            decode_json(self.body),
-            project_id="",
-            offset=self.offset,
-            limit=self.limit,
-            request_id=self.request_id,
-            fetched_at=self.fetched_at,
-        )
+        payload = decode_json(self.body)
+        return replace(self, items=payload.get("desktop_snapshots") or [], body=None)
 
 
 @dataclass
@@ -121,7 +116,7 @@ class WorkspaceClient:
             request_id=body.request_id,
             fetched_at=body.fetched_at,
         )
-        return page if body.exact else dataclasses.replace(page, body=body.raw)
+        return page if body.exact else replace(page, body=body.raw)
 
     async def _request(
         self,

@@ -139,11 +139,8 @@ def item_json(item: object) -> bytes:
     return dumped
 
 
-def parse_item(item: object, *, dumped: bytes | None = None) -> Snapshot:
-    """Validate one element of `desktop_snapshots`; raise ItemRejected saying what is wrong.
-
-    `dumped` is the item's JSON (item_json) when the caller already made it.
-    """
+def parse_item(item: object) -> Snapshot:
+    """Validate one element of `desktop_snapshots`; raise ItemRejected saying what is wrong."""
     if not isinstance(item, dict):
         raise ItemRejected(f"item is {type(item).__name__}, expected an object")
     snapshot_id = item.get("snapshot_id")
@@ -183,7 +180,7 @@ def parse_item(item: object, *, dumped: bytes | None = None) -> Snapshot:
             if not math.isfinite(value):
                 raise ItemRejected(f"{key} is {value}, which JSON cannot carry")
             floats = True
-    dumped = item_json(item) if dumped is None else dumped
+    dumped = item_json(item)
     if not floats:
         # Nested values, once item_json has bounded the depth.
         floats = any(_holds_float(v) for v in item.values() if type(v) in (dict, list))

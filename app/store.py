@@ -319,28 +319,21 @@ class KnownState:
 
 async def load_known_state(conn: AsyncConnection, project_id: str) -> KnownState:
     """The live rows of a project (ids and hashes) and the start of its newest complete listing."""
-    # Two arrays rather than 50,000 rows: the driver builds the lists in C.
-    ids, digests = (
+    # One round trip; two arrays rather than 50,000 rows: the driver builds the lists in C.
+    ids, digests, last, has_deleted = (
         await conn.execute(
             text(
                 "SELECT COALESCE(array_agg(snapshot_id), '{}'), "
-                "COALESCE(array_agg(CASE WHEN missed_listings = 0 THEN content_hash END), '{}') "
+                "COALESCE(array_agg(CASE WHEN missed_listings = 0 THEN content_hash END), '{}'), "
+                "(SELECT last_listing_at FROM projects WHERE project_id = :project_id), "
+                "EXISTS (SELECT 1 FROM snapshot_records WHERE project_id = :project_id "
+                "AND deleted_at IS NOT NULL) "
                 "FROM snapshot_records WHERE project_id = :project_id AND deleted_at IS NULL"
             ),
             {"project_id": project_id},
         )
     ).one()
     hashes: dict[str, int | None] = dict(zip(ids, digests, strict=True))
-    last, has_deleted = (
-        await conn.execute(
-            text(
-                "SELECT (SELECT last_listing_at FROM projects WHERE project_id = :project_id), "
-                "EXISTS (SELECT 1 FROM snapshot_records WHERE project_id = :project_id "
-                "AND deleted_at IS NOT NULL)"
-            ),
-            {"project_id": project_id},
-        )
-    ).one()
     return KnownState(hashes=hashes, last_listing_at=last, complete=not has_deleted)
 
 

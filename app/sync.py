@@ -129,10 +129,9 @@ class _Listing:
         before = len(unseen)
         unseen.difference_update(ids)
         first = before - len(unseen)
-        # Not stored at the start, or written earlier in this listing (then it is in `known`
-        # now): only the ones not yet in `fresh` are new sightings.
-        new = {sid for sid in ids if sid not in known}
-        new.difference_update(fresh)
+        # Not stored at the start, not written earlier in this listing (then it is in `known`
+        # now) and not listed before without being written (in `fresh`): a new sighting.
+        new = {sid for sid in ids if sid not in known and sid not in fresh}
         fresh.update(new)
         first += len(new)
         self.duplicates += len(ids) - first
