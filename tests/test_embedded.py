@@ -114,6 +114,14 @@ def _tell_stop(child: subprocess.Popen[str]) -> None:
     assert child.wait(timeout=10) == 0
 
 
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs: a server whose parent is gone may stay a zombie here, unreaped."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _wait_gone(pid: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
@@ -245,6 +253,77 @@ async def test_attaches_to_the_server_of_a_killed_process_and_stops_it(
 
     pg.stop()  # the killed process started it, and nobody else is attached
     _wait_gone(postmaster)
+    assert _server_pids(data_dir / "pgdata") == []
+
+
+def test_a_killed_user_does_not_keep_the_server_alive(data_dir: Path, spawn: Spawn) -> None:
+    # Every attached process holds a shared flock; the kernel drops it when the process dies.
+    pg = embedded.EmbeddedPostgres(data_dir)
+    pg.start()
+    postmaster = _postmaster_pid(data_dir)
+    killed, leaving = spawn(data_dir), spawn(data_dir)
+    assert _child_pid(killed) == _child_pid(leaving) == postmaster
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+
+    _tell_stop(leaving)
+    assert _alive(postmaster), "a stop killed the server of a live process"
+
+    pg.stop()  # the last live user: the killed one no longer counts
+    _wait_gone(postmaster)
+    assert _server_pids(data_dir / "pgdata") == []
+
+
+async def test_a_server_started_outside_snapsync_is_used_but_left_running(
+    data_dir: Path,
+) -> None:
+    with embedded.EmbeddedPostgres(data_dir):
+        pass  # the cluster
+    pgdata = data_dir / "pgdata"
+    owner = pgdata.stat()
+    as_owner = (
+        {"user": owner.st_uid, "group": owner.st_gid, "extra_groups": []}
+        if os.geteuid() == 0
+        else {}
+    )
+    # Started by hand, as an administrator might, with its socket where snapsync looks.
+    options = f"-c listen_addresses= -c unix_socket_directories={pgdata}"
+    subprocess.run(
+        [str(embedded.program("pg_ctl")), "start", "-D", str(pgdata), "-w", "-s", "-o", options],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        **as_owner,  # type: ignore[call-overload]
+    )
+    manual = _postmaster_pid(data_dir)
+
+    with embedded.EmbeddedPostgres(data_dir) as pg:
+        assert _postmaster_pid(data_dir) == manual
+        assert await _scalar(pg.url, "SELECT 1") == 1
+
+    assert _alive(manual), "snapsync stopped a server it did not start"
+    os.kill(manual, signal.SIGINT)
+    _wait_gone(manual)
+
+
+def test_a_start_interrupted_by_ctrl_c_leaves_no_server_behind(
+    data_dir: Path, spawn: Spawn
+) -> None:
+    with embedded.EmbeddedPostgres(data_dir):
+        pass  # the cluster, so that the next start goes straight to pg_ctl
+    pid_file = data_dir / "pgdata" / "postmaster.pid"
+    child = spawn(data_dir)
+    # Ctrl-C as soon as the server exists: while pg_ctl still waits for it to be ready.
+    deadline = time.monotonic() + 30
+    while not pid_file.exists():
+        assert child.poll() is None and time.monotonic() < deadline
+        time.sleep(0.001)
+    child.send_signal(signal.SIGINT)
+    assert child.wait(timeout=30) != 0
+
+    # The interrupted start recorded the server as snapsync's: the next user to leave stops it.
+    with embedded.EmbeddedPostgres(data_dir):
+        pass
     assert _server_pids(data_dir / "pgdata") == []
 
 
