@@ -1,6 +1,6 @@
 """Start-up of the command line: each command imports only what it uses (alembic only to
-migrate, rich only to draw, the simulator, the daemon and the demo only when named), and the
-commands imported lazily are listed by `--help` exactly as if they were loaded."""
+migrate, rich only to draw, the simulator, the daemon and the demo only when run), and
+`simulate`, whose options are the simulator's own command's, is listed as that command says."""
 
 from __future__ import annotations
 
