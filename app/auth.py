@@ -23,18 +23,10 @@ RENEW_AHEAD = timedelta(minutes=15)
 LOGIN_ATTEMPTS = 4
 
 
-def canonical_query(params: Sequence[tuple[str, str]]) -> str:
-    """The query sorted by (key, value), each part encoded with quote(safe='~').
-
-    Huawei's gateway signs the query in this form, so every mode sends it this way.
-    """
-    return signing.canonical_query(params)
-
-
 def _with_token(
     url: str, params: Sequence[tuple[str, str]], headers: dict[str, str], token: str
 ) -> PreparedRequest:
-    query = canonical_query(params)
+    query = signing.canonical_query(params)
     return PreparedRequest(
         url=f"{url}?{query}" if query else url, headers={**headers, "X-Auth-Token": token}
     )
@@ -284,15 +276,12 @@ def _expiry(raw: bytes) -> datetime:
 
 
 def _iam_error(project_id: str, status: int, raw: bytes, request_id: str | None) -> errors.ApiError:
-    from app import client
-
-    exc = client.api_error(project_id, status, raw, "", request_id)
+    exc = errors.ApiError.from_response(project_id, status, raw, "", request_id)
     if status == 401:
-        exc.error_msg = (
+        exc.reword(
             "IAM rejected the login: check SNAPSYNC_IAM_USER, SNAPSYNC_IAM_PASSWORD "
             "and SNAPSYNC_IAM_DOMAIN" + (f" ({exc.error_msg})" if exc.error_msg else "")
         )
-        exc.args = (exc._describe(),)
     return exc
 
 

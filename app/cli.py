@@ -1,14 +1,13 @@
-"""The `snapsync` command line: thin commands, each one short coroutine.
+"""The `snapsync` command line: every command, each a thin function.
 
 Each command imports what it uses when it runs, so that start-up costs only what the command
-needs: `--help` imports click, `sync` neither alembic (only `migrate` does) nor rich, and
-`run`, `demo` and `simulate` are imported only when named (LAZY_COMMANDS).
+needs: `--help` imports click, `sync` neither alembic (only `migrate` does) nor rich, and the
+daemon, the demo and the simulator are imported only by `run`, `demo` and `simulate`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import sys
@@ -98,59 +97,7 @@ def run_async(factory: Callable[[], Awaitable[T]]) -> T:
         fail("interrupted", 130)
 
 
-class LazyGroup(click.Group):
-    """A group whose `lazy_commands` (name: module, attribute, summary) are imported only when
-    named; the listing of `--help` shows their summary, the first paragraph of their help."""
-
-    def __init__(
-        self, *args: object, lazy_commands: dict[str, tuple[str, str, str]], **kwargs: object
-    ):
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.lazy_commands = lazy_commands
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*self.commands, *self.lazy_commands})
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in self.lazy_commands and cmd_name not in self.commands:
-            module, attribute, _ = self.lazy_commands[cmd_name]
-            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
-        return super().get_command(ctx, cmd_name)
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        listing = click.Group(commands=dict(self.commands))
-        for name, (_, _, summary) in self.lazy_commands.items():
-            if name not in listing.commands:
-                listing.add_command(click.Command(name, help=summary))
-        listing.format_commands(ctx, formatter)
-
-
-# tests/test_cli.py checks each summary against the command's own help.
-LAZY_COMMANDS = {
-    "run": (
-        "app.daemon",
-        "run_command",
-        "Sync every project on its interval until SIGTERM/SIGINT, serving /healthz, /readyz"
-        " and /metrics.",
-    ),
-    "demo": (
-        "app.demo",
-        "demo_command",
-        "The one-command tour: embedded PostgreSQL, the API simulator and the daemon for a"
-        " minute, with live progress, then a report and the psql command to explore the data.",
-    ),
-    "simulate": (
-        "app.simulator.command",
-        "simulate",
-        "Serve a simulated Workspace snapshots API (and IAM token endpoint) whose snapshots"
-        " change over time. Prints the settings snapsync needs; stops cleanly on SIGINT/SIGTERM.",
-    ),
-}
-
-
 @click.group(
-    cls=LazyGroup,
-    lazy_commands=LAZY_COMMANDS,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @click.version_option(app.__version__, prog_name="snapsync")
@@ -198,31 +145,19 @@ def sync_command(project_ids: tuple[str, ...]) -> None:
         settings = load()
         projects = select_projects(settings, project_ids)
         settings.require_credentials()
-        results = run_async(lambda: _sync(settings, projects))
+
+        async def go() -> list[sync.RunResult]:
+            from app import runtime
+
+            async with runtime.open_runtime(settings) as built:
+                assert built is not None  # without `ready`, a wrong schema raises instead
+                return await built.syncer.sync_all(projects)
+
+        results = run_async(go)
     for result in results:
         click.echo(result.summary())
     failed = [r for r in results if r.status == "failed"]
     sys.exit(EXIT_FAILED if failed else EXIT_OK)
-
-
-async def _sync(
-    settings: settings_module.Settings,
-    projects: list[settings_module.Project],
-) -> list[sync.RunResult]:
-    from app import auth, client, db, sync
-
-    async with db.open_engine(settings) as engine:
-        await db.check_schema(engine)
-        async with client.new_session(settings) as session:
-            authenticator = auth.build_authenticator(settings, session)
-            workspace = client.WorkspaceClient(
-                session=session, settings=settings, authenticator=authenticator
-            )
-            try:
-                syncer = sync.Syncer(engine=engine, client=workspace, settings=settings)
-                return await syncer.sync_all(projects)
-            finally:
-                await authenticator.close()
 
 
 def select_projects(
@@ -271,6 +206,114 @@ def status(as_json: bool) -> None:
             status_module.print_report(statuses, now)
         else:
             click.echo(status_module.render_text(statuses, now))
+
+
+@cli.command(name="run")
+def run() -> None:
+    """Sync every project on its interval until SIGTERM/SIGINT, serving /healthz, /readyz and
+    /metrics."""
+    import signal
+
+    from app import daemon
+
+    # A signal during start-up (settings, the embedded database) still means a clean stop.
+    started: list[daemon.Daemon] = []
+    early: list[int] = []
+
+    def stop_early(signum: int, frame: object) -> None:
+        if started:
+            started[0].stop()
+        else:
+            early.append(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop_early)
+    with reported_errors():
+        settings = load()
+        settings.require_projects()
+        settings.require_credentials()
+        runner = daemon.Daemon(settings, shutdown_grace=daemon.shutdown_grace(settings))
+        started.append(runner)
+        if early:
+            daemon.log.info("received %s while starting: stopping", signal.Signals(early[0]).name)
+            runner.stop()
+        run_async(runner.run)
+
+
+@cli.command(name="demo", context_settings={"show_default": True})
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=1.0),
+    default=60.0,
+    help="Seconds the daemon runs before the report.",
+)
+@click.option("--projects", type=click.IntRange(1, 64), default=4, help="Simulated projects.")
+@click.option(
+    "--snapshots",
+    type=click.IntRange(0, 200_000),
+    default=2000,
+    help="Snapshots per simulated project.",
+)
+@click.option("--seed", type=int, default=1, help="Same seed, same projects.")
+@click.option(
+    "--psql",
+    "psql",
+    is_flag=True,
+    help="Instead of the demo: open psql on the data it left (extra arguments after --).",
+)
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+def demo_command(
+    *,
+    duration: float,
+    projects: int,
+    snapshots: int,
+    seed: int,
+    psql: bool,
+    psql_args: tuple[str, ...],
+) -> None:
+    """The one-command tour: embedded PostgreSQL, the API simulator and the daemon for a
+    minute, with live progress, then a report and the psql command to explore the data.
+
+    SNAPSYNC_PROJECTS and the credentials are ignored: the demo syncs its own simulator.
+    SNAPSYNC_DATABASE_URL, when set, is used instead of the embedded PostgreSQL.
+    """
+    from app import settings as settings_module
+    from app.demo import dashboard
+
+    if psql_args and not psql:
+        raise click.UsageError(f"unexpected argument {psql_args[0]!r} (psql arguments need --psql)")
+    with reported_errors():
+        base = settings_module.load_settings()
+        dashboard.setup_logging(base, secret_values(base))
+        if psql:
+            from app.demo import explore
+
+            sys.exit(explore.open_psql(base, psql_args))
+        from app.demo import tour
+
+        options = tour.DemoOptions(
+            duration=duration, projects=projects, snapshots=snapshots, seed=seed
+        )
+        console = dashboard.make_console()
+        run_async(lambda: tour.run_demo(base, options, console))
+
+
+@cli.command(
+    name="simulate",
+    context_settings={"ignore_unknown_options": True},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def simulate(ctx: click.Context, args: tuple[str, ...]) -> None:
+    """Serve a simulated Workspace snapshots API (and IAM token endpoint) whose snapshots
+    change over time. Prints the settings snapsync needs; stops cleanly on SIGINT/SIGTERM."""
+    # The simulator parses its own options (app.simulator.command): their defaults are its own.
+    from app.simulator import command
+
+    command.simulate.main(
+        list(args), prog_name=ctx.command_path, help_option_names=ctx.help_option_names
+    )
 
 
 def main() -> None:

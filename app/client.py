@@ -245,7 +245,9 @@ class WorkspaceClient:
         elif 200 <= status < 300:
             self.limiter.succeeded()
         if not 200 <= status < 300:
-            raise api_error(project.project_id, status, raw, content_type, request_id, retry_after)
+            raise errors.ApiError.from_response(
+                project.project_id, status, raw, content_type, request_id, retry_after
+            )
         try:
             payload, exact = decode_json_fast(raw)
         except UnicodeDecodeError as exc:
@@ -260,7 +262,7 @@ class WorkspaceClient:
                 project_id=project.project_id,
                 status=status,
                 request_id=request_id,
-                reason=f"body is not JSON ({_describe_body(raw, content_type, exc)})",
+                reason=f"body is not JSON ({errors.describe_body(raw, content_type, exc)})",
             ) from None
         return _Answer(
             payload=payload, request_id=request_id, fetched_at=fetched_at, raw=raw, exact=exact
@@ -331,53 +333,6 @@ def _retry_after(value: str | None) -> float | None:
     except ValueError:
         return None  # an HTTP date: rare from this gateway; the backoff covers it
     return min(max(seconds, 0.0), 300.0)
-
-
-def _describe_body(raw: bytes, content_type: str, exc: BaseException | None = None) -> str:
-    snippet = raw[:120].decode("utf-8", "replace").replace("\n", " ").strip()
-    kind = content_type.split(";")[0].strip() or "no content type"
-    text = f"{kind}, {len(raw)} bytes, starts {snippet!r}"
-    if isinstance(exc, json.JSONDecodeError):
-        text = f"{exc.msg} at char {exc.pos}; {text}"
-    elif isinstance(exc, RecursionError):
-        text = f"nested too deeply; {text}"
-    return text
-
-
-def api_error(
-    project_id: str,
-    status: int,
-    raw: bytes,
-    content_type: str,
-    request_id: str | None,
-    retry_after: float | None = None,
-) -> errors.ApiError:
-    """A non-2xx answer as an ApiError with the documented error body's fields when present."""
-    error_code: str | None = None
-    error_msg: str | None = None
-    detail: str | None = None
-    try:
-        body = json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        body = None
-    if isinstance(body, dict):
-        nested = body.get("error")
-        if isinstance(nested, dict):  # IAM's Keystone-style error body
-            body = {"error_msg": nested.get("message"), "error_code": nested.get("code")}
-        code, msg = body.get("error_code"), body.get("error_msg")
-        error_code = str(code)[:200] if code is not None else None
-        error_msg = str(msg)[:500] if msg is not None else None
-    if error_code is None and error_msg is None:
-        detail = _describe_body(raw, content_type)
-    return errors.ApiError(
-        project_id=project_id,
-        status=status,
-        error_code=error_code,
-        error_msg=error_msg,
-        request_id=request_id,
-        detail=detail,
-        retry_after=retry_after,
-    )
 
 
 def decode_page(

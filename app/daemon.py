@@ -19,14 +19,13 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import click
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import auth, client, db, errors, health, metrics, store, sync
+from app import client, db, errors, health, metrics, runtime, store, sync
 from app import settings as settings_module
 
 log = logging.getLogger("app.daemon")
@@ -192,28 +191,24 @@ class Daemon:
                     )
                     await self._server.start()
                     stack.push_async_callback(self._server.stop)
-                engine = await stack.enter_async_context(db.open_engine(self._settings))
-                self._engine = engine
-                if not await self._wait_for_schema(engine) or self._stop_requested.is_set():
+
+                async def ready(engine: AsyncEngine) -> bool:
+                    self._engine = engine
+                    return await self._wait_for_schema(engine) and not self._stop_requested.is_set()
+
+                built = await stack.enter_async_context(
+                    runtime.open_runtime(
+                        self._settings,
+                        ready=ready,
+                        on_request=self.metrics.on_request,
+                        on_retry=self.metrics.on_retry,
+                        on_progress=self._on_progress,
+                        on_finished=self._on_finished,
+                    )
+                )
+                if built is None:
                     return
-                session = await stack.enter_async_context(client.new_session(self._settings))
-                authenticator = auth.build_authenticator(self._settings, session)
-                stack.push_async_callback(authenticator.close)
-                workspace = client.WorkspaceClient(
-                    session=session,
-                    settings=self._settings,
-                    authenticator=authenticator,
-                    on_request=self.metrics.on_request,
-                    on_retry=self.metrics.on_retry,
-                )
-                self._client = workspace
-                self._syncer = sync.Syncer(
-                    engine=engine,
-                    client=workspace,
-                    settings=self._settings,
-                    on_progress=self._on_progress,
-                    on_finished=self._on_finished,
-                )
+                engine, self._client, self._syncer = built.engine, built.client, built.syncer
                 monitor = asyncio.create_task(self._monitor(engine), name="snapsync-db-monitor")
                 try:
                     self._scheduler = self._start_scheduler()
@@ -722,36 +717,3 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return f"no answer within {DB_CHECK_TIMEOUT:g}s"
     return db.describe_db_error(exc)
-
-
-# -- the command ------------------------------------------------------------------------------
-
-
-@click.command(name="run")
-def run_command() -> None:
-    """Sync every project on its interval until SIGTERM/SIGINT, serving /healthz, /readyz and
-    /metrics."""
-    from app import cli  # app.cli imports this module to register the command
-
-    # A signal during start-up (settings, the embedded database) still means a clean stop.
-    started: list[Daemon] = []
-    early: list[int] = []
-
-    def stop_early(signum: int, frame: object) -> None:
-        if started:
-            started[0].stop()
-        else:
-            early.append(signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, stop_early)
-    with cli.reported_errors():
-        settings = cli.load()
-        settings.require_projects()
-        settings.require_credentials()
-        daemon = Daemon(settings, shutdown_grace=shutdown_grace(settings))
-        started.append(daemon)
-        if early:
-            log.info("received %s while starting: stopping", signal.Signals(early[0]).name)
-            daemon.stop()
-        cli.run_async(daemon.run)

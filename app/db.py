@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from sqlalchemy.engine import Connection
 
+    from app import embedded
+
 log = logging.getLogger("app.db")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -52,11 +54,14 @@ def make_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
 
 
 @contextlib.asynccontextmanager
-async def database_url(settings: settings_module.Settings) -> AsyncIterator[str]:
-    """The configured URL, or the embedded server's (started here, stopped on exit if we did)."""
+async def open_database(
+    settings: settings_module.Settings,
+) -> AsyncIterator[tuple[str, embedded.EmbeddedPostgres | None]]:
+    """The configured URL, or the embedded server's with the server (started here, stopped on
+    exit if we did)."""
     configured = settings.async_database_url()
     if configured is not None:
-        yield configured
+        yield configured, None
         return
     from app import embedded
 
@@ -66,7 +71,7 @@ async def database_url(settings: settings_module.Settings) -> AsyncIterator[str]
     except embedded.EmbeddedPostgresError as exc:
         raise errors.DatabaseError(f"embedded PostgreSQL in {settings.data_dir}: {exc}") from None
     try:
-        yield url
+        yield url, server
     finally:
         await asyncio.to_thread(server.stop)
 
@@ -77,7 +82,7 @@ async def open_engine(
 ) -> AsyncIterator[AsyncEngine]:
     """An engine sized for the configured concurrency, disposed on exit."""
     size = pool_size or settings.max_concurrent_projects * 2 + 2
-    async with database_url(settings) as url:
+    async with open_database(settings) as (url, _):
         engine = make_engine(url, pool_size=size)
         try:
             yield engine
@@ -222,12 +227,6 @@ async def check_schema(engine: AsyncEngine) -> None:
         raise errors.ConfigError(
             "database", f"the database {state}, the code needs {head}: run `snapsync migrate`"
         )
-
-
-async def ping(engine: AsyncEngine) -> None:
-    """One round trip, to tell whether the database answers."""
-    async with engine.connect() as conn:
-        await conn.execute(text("SELECT 1"))
 
 
 def describe_db_error(exc: BaseException) -> str:

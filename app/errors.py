@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 # Answers worth retrying: throttling and the gateway's or the service's passing faults.
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -46,6 +48,48 @@ class ApiError(ProjectError):
         self.detail = detail
         super().__init__(self._describe())
 
+    @classmethod
+    def from_response(
+        cls,
+        project_id: str,
+        status: int,
+        raw: bytes,
+        content_type: str,
+        request_id: str | None,
+        retry_after: float | None = None,
+    ) -> ApiError:
+        """A non-2xx answer, with the documented error body's fields when present."""
+        error_code: str | None = None
+        error_msg: str | None = None
+        detail: str | None = None
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            body = None
+        if isinstance(body, dict):
+            nested = body.get("error")
+            if isinstance(nested, dict):  # IAM's Keystone-style error body
+                body = {"error_msg": nested.get("message"), "error_code": nested.get("code")}
+            code, msg = body.get("error_code"), body.get("error_msg")
+            error_code = str(code)[:200] if code is not None else None
+            error_msg = str(msg)[:500] if msg is not None else None
+        if error_code is None and error_msg is None:
+            detail = describe_body(raw, content_type)
+        return cls(
+            project_id=project_id,
+            status=status,
+            error_code=error_code,
+            error_msg=error_msg,
+            request_id=request_id,
+            detail=detail,
+            retry_after=retry_after,
+        )
+
+    def reword(self, error_msg: str) -> None:
+        """Put `error_msg` in place of the message the server sent."""
+        self.error_msg = error_msg
+        self.args = (self._describe(),)
+
     def _describe(self) -> str:
         parts = [f"project {self.project_id}: HTTP {self.status}"]
         if self.error_code:
@@ -63,6 +107,18 @@ class ApiError(ProjectError):
     def transient(self) -> bool:
         """Whether the same request may succeed when retried."""
         return self.status in RETRYABLE_STATUSES
+
+
+def describe_body(raw: bytes, content_type: str, exc: BaseException | None = None) -> str:
+    """A short, printable account of a body that is not what was expected."""
+    snippet = raw[:120].decode("utf-8", "replace").replace("\n", " ").strip()
+    kind = content_type.split(";")[0].strip() or "no content type"
+    text = f"{kind}, {len(raw)} bytes, starts {snippet!r}"
+    if isinstance(exc, json.JSONDecodeError):
+        text = f"{exc.msg} at char {exc.pos}; {text}"
+    elif isinstance(exc, RecursionError):
+        text = f"nested too deeply; {text}"
+    return text
 
 
 class BadResponseError(ProjectError):

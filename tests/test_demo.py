@@ -15,18 +15,12 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped]
 import pytest
 
-from app import demo
+from app.demo import explore, saved
 
 
 def demo_argv() -> list[str]:
-    """`python -m app demo`, or the command itself while it is not attached to the CLI yet."""
-    import click
-
-    from app import cli
-
-    if "demo" in cli.cli.list_commands(click.Context(cli.cli)):
-        return [sys.executable, "-m", "app", "demo"]
-    return [sys.executable, "-c", "from app.demo import demo_command; demo_command()"]
+    """`python -m app demo`."""
+    return [sys.executable, "-m", "app", "demo"]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -141,20 +135,20 @@ def test_demo_uses_the_configured_database(demo_dir: Path, database_url: str) ->
 
 
 def test_psql_url_never_carries_the_password() -> None:
-    url, password = demo.libpq_url("postgresql+asyncpg://reader:s3cret@db.example:5433/snap")
+    url, password = explore.libpq_url("postgresql+asyncpg://reader:s3cret@db.example:5433/snap")
     assert url == "postgresql://reader@db.example:5433/snap"
     assert password == "s3cret"
 
 
 def test_the_simulator_resumes_only_the_same_population() -> None:
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    wanted = demo.SimulatorState(
+    wanted = saved.SavedSimulation(
         seed=1, projects=4, snapshots=2000, change_rate=0.002, start_time=start, ticks=0
     )
     earlier = dataclasses.replace(wanted, start_time=start - timedelta(days=3), ticks=120)
-    assert demo.resume_state(wanted, earlier) == earlier
-    assert demo.resume_state(wanted, None) == wanted
-    assert demo.resume_state(wanted, dataclasses.replace(earlier, seed=2)) == wanted
-    assert demo.resume_state(wanted, dataclasses.replace(earlier, projects=5)) == wanted
-    too_long = dataclasses.replace(earlier, ticks=demo.MAX_RESUME_TICKS + 1)
-    assert demo.resume_state(wanted, too_long) == wanted
+    assert saved.resume_state(wanted, earlier) == earlier
+    assert saved.resume_state(wanted, None) == wanted
+    assert saved.resume_state(wanted, dataclasses.replace(earlier, seed=2)) == wanted
+    assert saved.resume_state(wanted, dataclasses.replace(earlier, projects=5)) == wanted
+    too_long = dataclasses.replace(earlier, ticks=saved.MAX_RESUME_TICKS + 1)
+    assert saved.resume_state(wanted, too_long) == wanted

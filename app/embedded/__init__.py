@@ -54,9 +54,6 @@ LOCK_FILENAME = "embedded-postgres.lock"
 USERS_FILENAME = "embedded-postgres.users"
 STARTED_FILENAME = "embedded-postgres.started"
 
-# app/demo.py calls this private name; it goes once the demo calls program("psql") instead.
-_bin_dir = programs.bin_dir
-
 # Longer than a start or a stop, which are what another process may do while holding the lock.
 LOCK_TIMEOUT = programs.START_TIMEOUT + server.STOP_TIMEOUT + 10.0
 

@@ -165,7 +165,7 @@ def _within(value: int, low: int, high: int | None) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class Page:
+class PageSlice:
     """One answer: how many snapshots match, and the ones on this page."""
 
     total_count: int
@@ -191,7 +191,7 @@ class Selector:
 
     def select(
         self, project_id: str, query: SnapshotQuery, *, shuffle_ties: random.Random | None = None
-    ) -> Page:
+    ) -> PageSlice:
         """The page `query` asks for. With `shuffle_ties`, snapshots with equal sort keys come
         in a random order on each call, as the real API allows (it promises no order in a tie).
         """
@@ -207,7 +207,7 @@ class Selector:
             tie_key=key,
             rng=shuffle_ties,
         )
-        return Page(total_count=len(matching), items=items)
+        return PageSlice(total_count=len(matching), items=items)
 
     def _matching(self, project_id: str, query: SnapshotQuery) -> Sequence[pop.Snapshot]:
         ordered = self._population.ordered(project_id, query.sort_field)

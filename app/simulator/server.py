@@ -473,7 +473,7 @@ async def _sim_projects(request: web.Request, state: SimulatorState) -> web.Stre
 async def _sim_list(request: web.Request, state: SimulatorState) -> web.StreamResponse:
     """GET /_sim/projects/{pid}/snapshots: every snapshot, default order, one answer."""
     items = state.population.snapshots(_pid(request, state))
-    page = query.Page(total_count=len(items), items=items)
+    page = query.PageSlice(total_count=len(items), items=items)
     return web.Response(
         body=page.to_json().encode(), content_type="application/json", charset="utf-8"
     )
