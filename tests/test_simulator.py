@@ -723,3 +723,121 @@ def test_simulate_command_fails_cleanly_when_the_port_is_taken() -> None:
         )
     assert result.exit_code == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.output
+
+
+async def test_list_filters_of_the_current_api_version(sim: Sim) -> None:
+    """desktop_ids, desktop_names and snapshot_names: OR within a list, AND with the rest."""
+    pid = sim.pids[1]
+    everything = await sim.control.snapshots(pid)
+    by_desktop = collections.Counter(item["desktop_name"] for item in everything)
+    one, two = (name for name, _ in by_desktop.most_common(2))
+
+    async def listed(params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        status, body, _ = await sim.get(pid, params)
+        assert status == 200, body
+        assert body["total_count"] == len(body["desktop_snapshots"])
+        return list(body["desktop_snapshots"])
+
+    got = await listed([("desktop_names", one), ("desktop_names", two)])
+    assert got == [i for i in everything if i["desktop_name"] in (one, two)]
+    assert 0 < len(got) < len(everything)
+    got = await listed([("desktop_names", one), ("disk_type", "SYSTEM_DISK")])
+    assert got == [i for i in everything if i["desktop_name"] == one and i["is_system_disk"]]
+    # Two list filters together: both must hold.
+    some = [i for i in everything if i["desktop_name"] == one][:2]
+    names = sorted({i["snapshot_name"] for i in some} | {everything[0]["snapshot_name"]})
+    got = await listed([("desktop_names", one), *(("snapshot_names", n) for n in names)])
+    assert got == [
+        i for i in everything if i["desktop_name"] == one and i["snapshot_name"] in names
+    ]
+    desktop_ids = sorted({i["desktop_id"] for i in everything if i["desktop_name"] == two})
+    got = await listed([*(("desktop_ids", d) for d in desktop_ids), ("desktop_name", one)])
+    assert got == [
+        i for i in everything if i["desktop_id"] in desktop_ids and i["desktop_name"] == one
+    ]
+    assert await listed([("desktop_names", "no such desktop")]) == []
+    for key in ("desktop_names", "desktop_ids", "snapshot_names"):
+        status, body, _ = await sim.get(pid, [(key, one), (key, "")])
+        assert status == 400 and body["error_code"] == "WKS.00040001", (key, body)
+        assert key in body["error_msg"]
+
+
+async def test_projects_have_regions_and_iam_lists_them(start_sim: StartSim) -> None:
+    sim = await start_sim(projects=4, regions=("cn-north-4", "eu-west-101"))
+    regions = [sim.population.region(pid) for pid in sim.pids]
+    assert regions == ["cn-north-4", "eu-west-101", "cn-north-4", "eu-west-101"]
+    assert [p["region"] for p in await sim.control.projects()] == regions
+
+    async def iam_get(path: str, headers: dict[str, str] = TOKEN) -> tuple[int, Any]:
+        async with sim.http.get(f"{sim.url}{path}", headers=headers) as response:
+            return response.status, await response.json()
+
+    status, body = await iam_get("/v3/auth/projects")
+    assert status == 200
+    assert body["links"] == {"self": f"{sim.url}/v3/auth/projects"}
+    listed = body["projects"]
+    assert [p["name"] for p in listed] == [
+        "cn-north-4",
+        "eu-west-101",
+        "cn-north-4_sub1",
+        "eu-west-101_sub1",
+        "MOS",
+    ]
+    assert [p["id"] for p in listed[:4]] == sim.pids
+    domain_id = listed[0]["domain_id"]
+    for project in listed:
+        assert set(project) == {
+            "id",
+            "name",
+            "domain_id",
+            "enabled",
+            "is_domain",
+            "parent_id",
+            "description",
+            "links",
+        }
+        assert project["enabled"] is True and project["is_domain"] is False
+        assert project["domain_id"] == domain_id
+        assert project["links"] == {"self": f"{sim.url}/v3/projects/{project['id']}"}
+    assert listed[2]["parent_id"] == sim.pids[0] and listed[0]["parent_id"] == domain_id
+    # MOS is IAM's, not Workspace's: the snapshots API does not know it.
+    assert (await sim.get(listed[4]["id"]))[0] == 404
+
+    status, body = await iam_get("/v3/projects?name=eu-west-101")
+    assert status == 200 and [p["id"] for p in body["projects"]] == [sim.pids[1]]
+    assert body["links"] == {"self": f"{sim.url}/v3/projects", "previous": None, "next": None}
+    status, body = await iam_get(f"/v3/projects?parent_id={sim.pids[0]}")
+    assert [p["name"] for p in body["projects"]] == ["cn-north-4_sub1"]
+    status, body = await iam_get("/v3/projects?name=ap-southeast-1")
+    assert status == 200 and body["projects"] == []
+    status, body = await iam_get("/v3/projects?per_page=2&page=2")
+    assert [p["name"] for p in body["projects"]] == ["cn-north-4_sub1", "eu-west-101_sub1"]
+    status, body = await iam_get("/v3/projects?enabled=maybe")
+    assert status == 400 and body["error"]["code"] == 400
+
+    # Any token of the account, whatever project it is scoped to, may list.
+    _, _, token = await _login(sim, sim.pids[3])
+    status, body = await iam_get("/v3/auth/projects", {"X-Auth-Token": token})
+    assert status == 200 and len(body["projects"]) == 5
+    status, body = await iam_get("/v3/auth/projects", {})
+    assert status == 401 and body["error"]["title"] == "Unauthorized"
+    await sim.control.set_faults(iam_projects_status=403)
+    status, body = await iam_get("/v3/auth/projects")
+    assert status == 403 and "iam:projects:list" in body["error"]["message"]
+    status, _ = await iam_get("/v3/projects?name=cn-north-4")
+    assert status == 403
+    stats = await sim.control.stats()
+    assert stats["iam_requests_by_path"]["/v3/auth/projects"] == 4
+    # The token's scope is named as IAM names the project.
+    status, body, _ = await _login(sim, sim.pids[2])
+    assert body["token"]["project"]["name"] == "cn-north-4_sub1"
+
+
+def test_simulate_command_refuses_bad_regions() -> None:
+    from click.testing import CliRunner
+
+    from app.simulator.command import simulate
+
+    result = CliRunner().invoke(simulate, ["--regions", "cn-north-4,Not A Region"])
+    assert result.exit_code == 2
+    assert "Not A Region" in result.output

@@ -136,13 +136,14 @@ def authenticate(
     raw_query: str,
     headers: Mapping[str, str],
     body: bytes,
-    project_id: str,
+    project_id: str | None,
     now: datetime,
 ) -> str:
     """Who made the request ("token", "iam:<project>", "aksk:<AK>"); raises AuthRejected.
 
     A request with an `Authorization: SDK-HMAC-SHA256 ...` header is judged by its signature
-    alone; any other by its X-Auth-Token.
+    alone; any other by its X-Auth-Token. `project_id` None (an IAM call, which is not about
+    one project) accepts a token scoped to any project.
     """
     authorization = headers.get("Authorization", "")
     if authorization.strip().startswith("SDK-HMAC-SHA256"):
@@ -174,7 +175,7 @@ def authenticate(
         )
     if issued.expires_at <= now:
         raise AuthRejected(401, CODE_EXPIRED, "The token must be updated: it has expired.")
-    if issued.project_id != project_id:
+    if project_id is not None and issued.project_id != project_id:
         raise AuthRejected(
             403,
             CODE_NOT_AUTHORIZED,
@@ -282,15 +283,18 @@ def check_login(config: AuthConfig, login: PasswordLogin) -> None:
         raise LoginError(401, "Unauthorized", "The username or password is wrong.", "IAM.0101")
 
 
-def token_body(issued: IssuedToken, login: PasswordLogin, *, catalog: bool) -> dict[str, Any]:
-    """The body of a 201 answer to POST /v3/auth/tokens."""
+def token_body(
+    issued: IssuedToken, login: PasswordLogin, *, catalog: bool, project_name: str = "cn-north-4"
+) -> dict[str, Any]:
+    """The body of a 201 answer to POST /v3/auth/tokens; `project_name` is the scope's IAM
+    name (its region, or a sub-project's name)."""
     token: dict[str, Any] = {
         "expires_at": iso_with_micros(issued.expires_at),
         "issued_at": iso_with_micros(issued.issued_at),
         "methods": ["password"],
         "project": {
             "id": issued.project_id,
-            "name": "cn-north-4",
+            "name": project_name,
             "domain": {"id": _stable_id(login.domain), "name": login.domain},
         },
         "user": {
@@ -309,6 +313,11 @@ def token_body(issued: IssuedToken, login: PasswordLogin, *, catalog: bool) -> d
 def iso_with_micros(moment: datetime) -> str:
     """ISO 8601 UTC with microseconds and Z, as Huawei IAM writes times."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def domain_id_for(domain: str) -> str:
+    """The id of the simulated account (domain), as its tokens and IAM listings show it."""
+    return _stable_id(domain)
 
 
 def _stable_id(text: str) -> str:

@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 import click
 
 from app.simulator import auth, faults, server
+from app.simulator import population as pop
 
 _FRACTION = click.FloatRange(0.0, 1.0)
+_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+
+
+def _regions(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
+    regions = tuple(part.strip() for part in value.split(",") if part.strip())
+    bad = [region for region in regions if not _REGION.match(region)]
+    if not regions or bad:
+        raise click.BadParameter(
+            f"{', '.join(bad) or 'nothing'}: expected comma-separated region names "
+            "such as cn-north-4"
+        )
+    return regions
 
 
 @click.command("simulate")
@@ -30,6 +44,14 @@ _FRACTION = click.FloatRange(0.0, 1.0)
     help="Snapshots per project.",
 )
 @click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same data.")
+@click.option(
+    "--regions",
+    default=",".join(pop.DEFAULT_REGIONS),
+    show_default=True,
+    callback=_regions,
+    help="Regions the projects are spread over, round-robin; IAM names each project after "
+    "its region (a second one in a region is a sub-project, REGION_subN).",
+)
 @click.option(
     "--tick-seconds",
     type=click.FloatRange(min=0.0),
@@ -101,6 +123,7 @@ def simulate(
     projects: int,
     snapshots: int,
     seed: int,
+    regions: tuple[str, ...],
     tick_seconds: float,
     change_rate: float,
     unstable_ties: bool,
@@ -125,6 +148,7 @@ def simulate(
         projects=projects,
         snapshots=snapshots,
         seed=seed,
+        regions=regions,
         tick_seconds=tick_seconds,
         change_rate=change_rate,
         unstable_ties=unstable_ties,

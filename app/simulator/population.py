@@ -70,6 +70,9 @@ _ORDER_FIELDS = frozenset({"snapshot_id", "snapshot_name", "create_time"})
 SortField = Literal["create_time", "snapshot_name"]
 
 DEFAULT_START = datetime(2024, 4, 20, 8, 0, 0, tzinfo=UTC)
+# Real Workspace regions the projects are spread over, round-robin: with the default three
+# projects, two regions and a sub-project of the first, as a small real tenant has.
+DEFAULT_REGIONS: tuple[str, ...] = ("cn-north-4", "ap-southeast-1")
 SNAPSHOTS_PER_DESKTOP = 5
 HISTORY_DAYS = 28
 MAX_BATCH = 100
@@ -314,7 +317,10 @@ class Population:
         change_rate: float = 0.002,
         start: datetime = DEFAULT_START,
         step_seconds: float = 1.0,
+        regions: Sequence[str] = DEFAULT_REGIONS,
     ) -> None:
+        if not regions:
+            raise ValueError("regions must name at least one region")
         if projects < 0 or snapshots < 0:
             raise ValueError("projects and snapshots must be >= 0")
         if not 0 <= change_rate <= 1:
@@ -335,9 +341,11 @@ class Population:
         # Snapshots with a running task, in the order their tasks started (deterministic).
         self._active: dict[int, tuple[_Project, Snapshot]] = {}
         self._projects: dict[str, _Project] = {}
+        self._regions: dict[str, str] = {}
         for index in range(projects):
             project = self._build_project(index)
             self._projects[project.project_id] = project
+            self._regions[project.project_id] = regions[index % len(regions)]
         self._total = sum(len(p.by_id) for p in self._projects.values())
 
     # ---- reading -------------------------------------------------------------------------
@@ -360,6 +368,11 @@ class Population:
     def has_project(self, project_id: str) -> bool:
         """Whether the simulator knows this project."""
         return project_id in self._projects
+
+    def region(self, project_id: str) -> str:
+        """The region a project lives in (its IAM project is named after it)."""
+        self._project(project_id)
+        return self._regions[project_id]
 
     def count(self, project_id: str) -> int:
         """Snapshots in one project."""
