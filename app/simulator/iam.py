@@ -95,6 +95,23 @@ def auth_projects_body(projects: Iterable[IamProject], base_url: str) -> dict[st
     }
 
 
+def auth_domains_body(domain: str, base_url: str) -> dict[str, Any]:
+    """The body of GET /v3/auth/domains: the one account of the simulator."""
+    domain_id = auth.domain_id_for(domain)
+    return {
+        "domains": [
+            {
+                "id": domain_id,
+                "name": domain,
+                "enabled": True,
+                "description": "",
+                "links": {"self": f"{base_url}/v3/domains/{domain_id}"},
+            }
+        ],
+        "links": {"self": f"{base_url}/v3/auth/domains"},
+    }
+
+
 def projects_body(
     projects: Iterable[IamProject], query: Mapping[str, str], base_url: str
 ) -> dict[str, Any]:

@@ -237,6 +237,7 @@ def create_app(
     app.router.add_get("/v2/{project_id}/snapshots", _list_snapshots)
     app.router.add_post("/v3/auth/tokens", _iam_login)
     app.router.add_get("/v3/auth/projects", _iam_auth_projects)
+    app.router.add_get("/v3/auth/domains", _iam_auth_domains)
     app.router.add_get("/v3/projects", _iam_list_projects)
     app.router.add_get("/_sim/projects", _sim_projects)
     app.router.add_get("/_sim/projects/{project_id}/snapshots", _sim_list)
@@ -421,6 +422,16 @@ async def _iam_auth_projects(request: web.Request) -> web.StreamResponse:
     return json_response(iam.auth_projects_body(state.iam_projects(), _public_url(request)))
 
 
+async def _iam_auth_domains(request: web.Request) -> web.StreamResponse:
+    """GET /v3/auth/domains: the account the credentials belong to (the SDK's GlobalCredentials
+    ask it for their domain id)."""
+    state = request.app[STATE]
+    refused = await _iam_refusal(request, state, listing=False)
+    if refused is not None:
+        return refused
+    return json_response(iam.auth_domains_body(state.domain, _public_url(request)))
+
+
 async def _iam_list_projects(request: web.Request) -> web.StreamResponse:
     """GET /v3/projects?name=REGION...: the account's projects, filtered (the SDK finds a
     region's project id this way)."""
@@ -437,8 +448,11 @@ async def _iam_list_projects(request: web.Request) -> web.StreamResponse:
     return json_response(body)
 
 
-async def _iam_refusal(request: web.Request, state: SimulatorState) -> web.Response | None:
-    """The Keystone error answer when an IAM listing is not authenticated or not allowed."""
+async def _iam_refusal(
+    request: web.Request, state: SimulatorState, *, listing: bool = True
+) -> web.Response | None:
+    """The Keystone error answer when an IAM call is not authenticated, or (`listing`) a
+    project listing is not allowed."""
     try:
         auth.authenticate(
             state.auth,
@@ -455,7 +469,7 @@ async def _iam_refusal(request: web.Request, state: SimulatorState) -> web.Respo
         title = "Unauthorized" if exc.status == 401 else "Forbidden"
         error = auth.LoginError(exc.status, title, exc.message, exc.error_code)
         return json_response(error.body(), status=exc.status)
-    status = state.faults.iam_projects_status
+    status = state.faults.iam_projects_status if listing else 0
     if status:
         title = "Unauthorized" if status == 401 else "Forbidden"
         message = (
