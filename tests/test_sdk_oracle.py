@@ -43,14 +43,6 @@ class Oracle:
     running: server.RunningSimulator
     workspace: dict[str, Any]
 
-    @property
-    def population(self) -> pop.Population:
-        return self.running.population
-
-    @property
-    def pids(self) -> list[str]:
-        return self.running.project_ids
-
     async def call(self, method: Callable[[Any], Any], request: Any) -> Any:
         return await asyncio.to_thread(method, request)
 
@@ -148,9 +140,9 @@ async def oracle() -> AsyncIterator[Oracle]:
 
 
 async def test_full_paging_in_every_order(oracle: Oracle) -> None:
-    pid = oracle.pids[0]
-    by_time = [_api_item(s) for s in oracle.population.ordered(pid, "create_time")]
-    by_name = [_api_item(s) for s in oracle.population.ordered(pid, "snapshot_name")]
+    pid = oracle.running.project_ids[0]
+    by_time = [_api_item(s) for s in oracle.running.population.ordered(pid, "create_time")]
+    by_name = [_api_item(s) for s in oracle.running.population.ordered(pid, "snapshot_name")]
     assert len(by_time) == SNAPSHOTS
     # No order asked: the API's default, create_time ascending.
     assert await oracle.every_page(pid, 1000) == by_time
@@ -167,8 +159,8 @@ async def test_full_paging_in_every_order(oracle: Oracle) -> None:
 
 
 async def test_each_single_filter(oracle: Oracle) -> None:
-    pid = oracle.pids[1]
-    everything = oracle.population.snapshots(pid)
+    pid = oracle.running.project_ids[1]
+    everything = oracle.running.population.snapshots(pid)
     sample = everything[len(everything) // 3]
     cases: list[tuple[dict[str, Any], Callable[[pop.Snapshot], bool]]] = [
         ({"desktop_id": sample.desktop_id}, lambda s: s.desktop_id == sample.desktop_id),
@@ -197,8 +189,8 @@ def _status_is(status: str) -> Callable[[pop.Snapshot], bool]:
 
 
 async def test_each_list_filter_and_their_combinations(oracle: Oracle) -> None:
-    pid = oracle.pids[2]
-    everything = oracle.population.snapshots(pid)
+    pid = oracle.running.project_ids[2]
+    everything = oracle.running.population.snapshots(pid)
     picks = [everything[i] for i in (5, len(everything) // 2, len(everything) - 4)]
     desktop_ids = sorted({s.desktop_id for s in picks})
     desktop_names = sorted({s.desktop_name for s in picks})
@@ -236,7 +228,7 @@ async def test_each_list_filter_and_their_combinations(oracle: Oracle) -> None:
 
 
 async def test_error_answers_parse_into_the_sdks_exceptions(oracle: Oracle) -> None:
-    pid = oracle.pids[0]
+    pid = oracle.running.project_ids[0]
     for fields, parameter in (
         ({"limit": 0}, "limit"),
         ({"limit": 1001}, "limit"),
@@ -278,7 +270,9 @@ async def test_error_answers_parse_into_the_sdks_exceptions(oracle: Oracle) -> N
 async def test_the_sdk_finds_a_regions_project_through_iam(oracle: Oracle) -> None:
     # No project id: the SDK asks IAM (GET /v3/projects?name=REGION) which one is the region's.
     region = REGIONS[1]
-    expected = [pid for pid in oracle.pids if oracle.population.region(pid) == region]
+    expected = [
+        pid for pid in oracle.running.project_ids if oracle.running.population.region(pid) == region
+    ]
     builder = (
         workspace_sdk.WorkspaceClient.new_builder()
         .with_http_config(_http_config())
@@ -290,7 +284,7 @@ async def test_the_sdk_finds_a_regions_project_through_iam(oracle: Oracle) -> No
     page = await oracle.call(
         client.list_desktop_snapshot, workspace_sdk.ListDesktopSnapshotRequest(limit=1)
     )
-    assert page.total_count == oracle.population.count(expected[0])
+    assert page.total_count == oracle.running.population.count(expected[0])
     stats = oracle.running.state.stats
     assert stats.api_by_project[expected[0]] == 1
     assert stats.iam_by_path["/v3/projects"] == 1
@@ -304,9 +298,9 @@ async def test_iam_lists_the_accounts_projects(oracle: Oracle) -> None:
     assert isinstance(listed, iam_sdk.KeystoneListAuthProjectsResponse)
     names = {p.name: p for p in listed.projects}
     assert list(names) == ["cn-north-4", "eu-west-101", "cn-north-4_sub1", "MOS"]
-    assert [p.id for p in listed.projects[:3]] == oracle.pids
-    for pid in oracle.pids:
-        assert oracle.population.region(pid) == names_of(listed)[pid].split("_")[0]
+    assert [p.id for p in listed.projects[:3]] == oracle.running.project_ids
+    for pid in oracle.running.project_ids:
+        assert oracle.running.population.region(pid) == names_of(listed)[pid].split("_")[0]
     # The SDK asked IAM for the account's domain id first, and used the one it got.
     assert oracle.running.state.stats.iam_by_path["/v3/auth/domains"] == 1
     assert {p.domain_id for p in listed.projects} == {auth.domain_id_for(auth.DEFAULT_IAM_DOMAIN)}

@@ -324,19 +324,8 @@ async def _list_snapshots(request: web.Request) -> web.StreamResponse:
     project_id = request.match_info["project_id"]
     if state.faults.latency > 0:
         await asyncio.sleep(state.faults.latency)
-    body = await request.read()
     try:
-        auth.authenticate(
-            state.auth,
-            state.tokens,
-            method=request.method,
-            path=request.rel_url.raw_path,
-            raw_query=request.rel_url.raw_query_string,
-            headers=request.headers,
-            body=body,
-            project_id=project_id,
-            now=state.clock(),
-        )
+        await _authenticate(request, state, project_id)
     except auth.AuthRejected as exc:
         return error_response(exc.status, exc.error_code, exc.message)
 
@@ -383,6 +372,25 @@ async def _list_snapshots(request: web.Request) -> web.StreamResponse:
     )
     return web.Response(
         body=page.to_json().encode(), content_type="application/json", charset="utf-8"
+    )
+
+
+async def _authenticate(
+    request: web.Request, state: SimulatorState, project_id: str | None
+) -> None:
+    """Check the request's token or signature (for `project_id`, or any project when None);
+    raises auth.AuthRejected."""
+    body = await request.read()
+    auth.authenticate(
+        state.auth,
+        state.tokens,
+        method=request.method,
+        path=request.rel_url.raw_path,
+        raw_query=request.rel_url.raw_query_string,
+        headers=request.headers,
+        body=body,
+        project_id=project_id,
+        now=state.clock(),
     )
 
 
@@ -454,17 +462,7 @@ async def _iam_refusal(
     """The Keystone error answer when an IAM call is not authenticated, or (`listing`) a
     project listing is not allowed."""
     try:
-        auth.authenticate(
-            state.auth,
-            state.tokens,
-            method=request.method,
-            path=request.rel_url.raw_path,
-            raw_query=request.rel_url.raw_query_string,
-            headers=request.headers,
-            body=await request.read(),
-            project_id=None,
-            now=state.clock(),
-        )
+        await _authenticate(request, state, None)
     except auth.AuthRejected as exc:
         title = "Unauthorized" if exc.status == 401 else "Forbidden"
         error = auth.LoginError(exc.status, title, exc.message, exc.error_code)
