@@ -841,3 +841,40 @@ def test_simulate_command_refuses_bad_regions() -> None:
     result = CliRunner().invoke(simulate, ["--regions", "cn-north-4,Not A Region"])
     assert result.exit_code == 2
     assert "Not A Region" in result.output
+
+
+async def test_projects_can_be_added_and_removed_while_it_runs(sim: Sim) -> None:
+    async def iam_names() -> dict[str, str]:
+        async with sim.http.get(f"{sim.url}/v3/auth/projects", headers=TOKEN) as response:
+            assert response.status == 200
+            return {p["id"]: p["name"] for p in (await response.json())["projects"]}
+
+    before = await iam_names()
+    added = await sim.control.add_project("cn-east-3")
+    assert added not in before and added in sim.pids
+    assert (await iam_names())[added] == "cn-east-3"
+    status, body, _ = await sim.get(added)
+    assert status == 200 and body["total_count"] == 150
+    assert body["desktop_snapshots"] == await sim.control.snapshots(added)
+    assert sim.population.total == 4 * 150
+
+    # Listed by IAM, unknown to Workspace: not in use there.
+    unused = await sim.control.add_project("cn-north-4", workspace=False)
+    names = await iam_names()
+    assert names[unused] == "cn-north-4_sub2"  # the default regions already hold a _sub1
+    assert (await sim.get(unused))[0] == 404
+    listing = await sim.control._call("GET", "/projects")
+    assert listing["iam_only"] == [{"project_id": unused, "region": "cn-north-4"}]
+
+    for project_id in (added, unused):
+        await sim.control.remove_project(project_id)
+    assert await iam_names() == before
+    assert (await sim.get(added))[0] == 404
+    assert sim.population.total == 3 * 150
+    await sim.control.tick(5)  # the evolution does not touch what is gone
+    with pytest.raises(ControlError) as info:
+        await sim.control.remove_project(added)
+    assert info.value.status == 404
+    with pytest.raises(ControlError) as info:
+        await sim.control.add_project("Not a region")
+    assert info.value.status == 400

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 
 import click
 
@@ -12,12 +11,11 @@ from app.simulator import auth, faults, server
 from app.simulator import population as pop
 
 _FRACTION = click.FloatRange(0.0, 1.0)
-_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 
 def _regions(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
     regions = tuple(part.strip() for part in value.split(",") if part.strip())
-    bad = [region for region in regions if not _REGION.match(region)]
+    bad = [region for region in regions if not pop.REGION_NAME.fullmatch(region)]
     if not regions or bad:
         raise click.BadParameter(
             f"{', '.join(bad) or 'nothing'}: expected comma-separated region names "

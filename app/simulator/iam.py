@@ -57,13 +57,14 @@ class IamProject:
 
 
 def account_projects(population: pop.Population, domain: str) -> list[IamProject]:
-    """Every project of the account: the simulated ones in order, then `MOS`."""
+    """Every project of the account: the simulated ones in order, those without Workspace,
+    then `MOS`."""
     domain_id = auth.domain_id_for(domain)
     region_project: dict[str, str] = {}
     subprojects: dict[str, int] = {}
     projects: list[IamProject] = []
-    for project_id in population.project_ids:
-        region = population.region(project_id)
+    regions = {pid: population.region(pid) for pid in population.project_ids}
+    for project_id, region in {**regions, **population.iam_only()}.items():
         parent = region_project.get(region)
         if parent is None:
             region_project[region] = project_id

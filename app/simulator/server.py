@@ -240,6 +240,8 @@ def create_app(
     app.router.add_get("/v3/auth/domains", _iam_auth_domains)
     app.router.add_get("/v3/projects", _iam_list_projects)
     app.router.add_get("/_sim/projects", _sim_projects)
+    app.router.add_post("/_sim/projects", _sim_add_project)
+    app.router.add_delete("/_sim/projects/{project_id}", _sim_remove_project)
     app.router.add_get("/_sim/projects/{project_id}/snapshots", _sim_list)
     app.router.add_post("/_sim/projects/{project_id}/snapshots", _sim_add)
     app.router.add_get("/_sim/projects/{project_id}/snapshots/{snapshot_id}", _sim_get)
@@ -557,10 +559,46 @@ async def _sim_projects(request: web.Request, state: SimulatorState) -> web.Stre
                 }
                 for pid in population.project_ids
             ],
+            "iam_only": [
+                {"project_id": pid, "region": region}
+                for pid, region in population.iam_only().items()
+            ],
             "ticks": population.ticks,
             "simulated_time": pop.format_time(population.now.timestamp()),
         }
     )
+
+
+@_control
+async def _sim_add_project(request: web.Request, state: SimulatorState) -> web.StreamResponse:
+    """POST /_sim/projects {"region": R, "workspace": true}: a new project of the account, with
+    snapshots (or, with "workspace": false, one IAM lists and Workspace answers 404 for)."""
+    body = await _json_body(request)
+    region = body.get("region") if isinstance(body, dict) else None
+    workspace = body.get("workspace", True) if isinstance(body, dict) else None
+    if not isinstance(region, str) or not pop.REGION_NAME.fullmatch(region):
+        raise _BadControlRequest(400, 'body must be {"region": "<region name>"}')
+    if not isinstance(workspace, bool):
+        raise _BadControlRequest(400, "workspace must be true or false")
+    project_id = state.population.add_project(region, workspace=workspace)
+    count = state.population.count(project_id) if workspace else 0
+    return json_response(
+        {
+            "project_id": project_id,
+            "region": region,
+            "workspace": workspace,
+            "snapshot_count": count,
+        },
+        status=201,
+    )
+
+
+@_control
+async def _sim_remove_project(request: web.Request, state: SimulatorState) -> web.StreamResponse:
+    """DELETE /_sim/projects/{pid}: the project vanishes from Workspace and IAM alike."""
+    project_id = request.match_info["project_id"]
+    state.population.remove_project(project_id)
+    return json_response({"removed": project_id})
 
 
 @_control
