@@ -878,3 +878,19 @@ async def test_projects_can_be_added_and_removed_while_it_runs(sim: Sim) -> None
     with pytest.raises(ControlError) as info:
         await sim.control.add_project("Not a region")
     assert info.value.status == 400
+
+
+async def test_latency_per_item_grows_with_the_page(sim: Sim) -> None:
+    pid = sim.pids[0]
+    await sim.control.set_faults(latency_per_item=0.004)
+
+    async def timed(limit: int) -> float:
+        started = time.monotonic()
+        status, body, _ = await sim.get(pid, {"limit": str(limit)})
+        assert status == 200 and len(body["desktop_snapshots"]) == limit
+        return time.monotonic() - started
+
+    assert await timed(100) >= 0.4
+    assert await timed(1) < 0.3
+    with pytest.raises(ControlError):
+        await sim.control.set_faults(latency_per_item=2)

@@ -109,6 +109,12 @@ def _regions(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[
     help="Seconds added to every API request.",
 )
 @click.option(
+    "--latency-per-item",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    help="Seconds added per item of a page (a page of 1000 at 0.00025: 0.25 s more).",
+)
+@click.option(
     "--forbidden-projects",
     type=click.IntRange(min=0),
     default=0,
@@ -136,6 +142,7 @@ def simulate(
     fault_500: float,
     fault_502_html: float,
     latency: float,
+    latency_per_item: float,
     forbidden_projects: int,
 ) -> None:
     """Serve a simulated Workspace snapshots API (and IAM token endpoint) whose snapshots
@@ -161,6 +168,7 @@ def simulate(
         fault_500=fault_500,
         fault_502_html=fault_502_html,
         latency=latency,
+        latency_per_item=latency_per_item,
         forbidden_projects=forbidden_projects,
     )
     try:

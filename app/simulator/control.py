@@ -93,7 +93,8 @@ class SimulatorControl:
 
     async def set_faults(self, **changes: Any) -> dict[str, Any]:
         """Change fault options (fault_429, fault_500, fault_502_html, latency,
-        forbidden_projects) and/or unstable_ties, change_rate; returns the current ones."""
+        latency_per_item, forbidden_projects, iam_projects_status) and/or unstable_ties,
+        change_rate; returns the current ones."""
         current: dict[str, Any] = await self._call("POST", "/faults", changes)
         return current
 

@@ -29,6 +29,9 @@ class Faults:
     fault_500: float = 0.0
     fault_502_html: float = 0.0
     latency: float = 0.0
+    # Seconds added per item a page holds, on top of `latency`: a full page costs the service
+    # more than an empty one, as the real API's does.
+    latency_per_item: float = 0.0
     forbidden_projects: int = 0
     # 0: IAM lists the account's projects; 401 or 403: it refuses to (unauthenticated, or the
     # credentials lack iam:projects:list).
@@ -43,6 +46,10 @@ class Faults:
             raise FaultError("fault_429 + fault_500 + fault_502_html must not exceed 1")
         if not 0.0 <= self.latency <= 600.0 or math.isnan(self.latency):
             raise FaultError(f"latency must be between 0 and 600 seconds, got {self.latency!r}")
+        if not 0.0 <= self.latency_per_item <= 1.0 or math.isnan(self.latency_per_item):
+            raise FaultError(
+                f"latency_per_item must be between 0 and 1 second, got {self.latency_per_item!r}"
+            )
         if self.forbidden_projects < 0:
             raise FaultError(f"forbidden_projects must be >= 0, got {self.forbidden_projects!r}")
         if self.iam_projects_status not in (0, 401, 403):

@@ -71,6 +71,7 @@ class SimulatorOptions:
     fault_500: float = 0.0
     fault_502_html: float = 0.0
     latency: float = 0.0
+    latency_per_item: float = 0.0
     forbidden_projects: int = 0
     iam_projects_status: int = 0
     # The regions the projects are spread over, round-robin (see population.DEFAULT_REGIONS).
@@ -104,6 +105,7 @@ class SimulatorOptions:
             fault_500=self.fault_500,
             fault_502_html=self.fault_502_html,
             latency=self.latency,
+            latency_per_item=self.latency_per_item,
             forbidden_projects=self.forbidden_projects,
             iam_projects_status=self.iam_projects_status,
         )
@@ -372,6 +374,8 @@ async def _list_snapshots(request: web.Request) -> web.StreamResponse:
     page = state.selector.select(
         project_id, parsed, shuffle_ties=state.tie_rng if state.unstable_ties else None
     )
+    if state.faults.latency_per_item > 0 and page.items:
+        await asyncio.sleep(state.faults.latency_per_item * len(page.items))
     return web.Response(
         body=page.to_json().encode(), content_type="application/json", charset="utf-8"
     )
