@@ -894,3 +894,30 @@ async def test_latency_per_item_grows_with_the_page(sim: Sim) -> None:
     assert await timed(1) < 0.3
     with pytest.raises(ControlError):
         await sim.control.set_faults(latency_per_item=2)
+
+
+async def test_account_scoped_login_lists_projects_but_reads_no_snapshots(sim: Sim) -> None:
+    body = _login_body(sim.pids[0])
+    body["auth"]["scope"] = {"domain": {"name": "simdomain"}}
+    async with sim.http.post(f"{sim.url}/v3/auth/tokens?nocatalog=true", json=body) as response:
+        assert response.status == 201
+        token = response.headers["X-Subject-Token"]
+        answer = (await response.json())["token"]
+    assert "project" not in answer and answer["domain"]["name"] == "simdomain"
+    async with sim.http.get(
+        f"{sim.url}/v3/auth/projects", headers={"X-Auth-Token": token}
+    ) as response:
+        assert response.status == 200
+        assert len((await response.json())["projects"]) == 4
+    status, error, _ = await sim.get(sim.pids[0], {"limit": "1"}, {"X-Auth-Token": token})
+    assert status == 403 and error["error_code"] == "APIGW.0302"
+    assert "scoped to the account" in error["error_msg"]
+
+    body["auth"]["scope"] = {"domain": {"name": "otherdomain"}}
+    async with sim.http.post(f"{sim.url}/v3/auth/tokens", json=body) as response:
+        assert response.status == 401
+    body["auth"]["scope"] = {}
+    async with sim.http.post(f"{sim.url}/v3/auth/tokens", json=body) as response:
+        assert response.status == 400
+    stats = await sim.control.stats()
+    assert (stats["domain_logins"], stats["logins_per_project"]) == (1, {})

@@ -213,6 +213,7 @@ class SimulatorState:
             },
             "iam_requests_by_path": dict(self.stats.iam_by_path),
             "logins_per_project": dict(self.tokens.logins),
+            "domain_logins": self.tokens.domain_logins,
             "failed_logins": self.tokens.failed_logins,
             "active_tokens": self.tokens.active(now),
             "control_requests": self.stats.control_requests,
@@ -401,7 +402,8 @@ async def _authenticate(
 
 
 async def _iam_login(request: web.Request) -> web.StreamResponse:
-    """POST /v3/auth/tokens: Keystone v3 password login, scoped to one known project."""
+    """POST /v3/auth/tokens: Keystone v3 password login, scoped to one known project or to
+    the account (what IAM's project listings take)."""
     state = request.app[STATE]
     try:
         body = json.loads(await request.read())
@@ -412,7 +414,7 @@ async def _iam_login(request: web.Request) -> web.StreamResponse:
     try:
         login = auth.parse_login(body)
         auth.check_login(state.auth, login)
-        if not state.population.has_project(login.project_id):
+        if login.project_id is not None and not state.population.has_project(login.project_id):
             raise auth.LoginError(
                 400, "Bad Request", f"Project {login.project_id} does not exist.", "IAM.0005"
             )
@@ -420,8 +422,11 @@ async def _iam_login(request: web.Request) -> web.StreamResponse:
         return _login_error(state, exc)
     issued = state.tokens.issue(login.project_id, state.clock())
     catalog = request.query.get("nocatalog", "false").lower() != "true"
-    name = iam.project_name(state.population, state.domain, login.project_id)
-    body = auth.token_body(issued, login, catalog=catalog, project_name=name)
+    if login.project_id is None:
+        body = auth.token_body(issued, login, catalog=catalog)
+    else:
+        name = iam.project_name(state.population, state.domain, login.project_id)
+        body = auth.token_body(issued, login, catalog=catalog, project_name=name)
     response = json_response(body, status=201)
     response.headers["X-Subject-Token"] = issued.token
     return response
