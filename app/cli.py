@@ -177,6 +177,8 @@ def select_projects(
             raise errors.ConfigError("--project", f"{entry!r} is not ID or ID@REGION") from None
         if "@" not in entry and parsed.project_id in configured:
             parsed = configured[parsed.project_id]
+        else:
+            settings.check_region(parsed.region, variable="--project")
         if parsed not in chosen:
             chosen.append(parsed)
     return chosen

@@ -12,7 +12,7 @@ import pydantic
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app import errors
+from app import errors, regions
 
 _PROJECT_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,63}$")
 _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
@@ -41,8 +41,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".snapsync")
     projects: str = ""
     region: str = "cn-north-4"
-    workspace_endpoint: str = "https://workspace.{region}.myhuaweicloud.com"
-    iam_endpoint: str = "https://iam.{region}.myhuaweicloud.com"
+    # None: each region's endpoints come from the region table (app/regions.py).
+    workspace_endpoint: str | None = None
+    iam_endpoint: str | None = None
     auth: Literal["aksk", "password", "token"] = "aksk"
     access_key: SecretStr | None = None
     secret_key: SecretStr | None = None
@@ -78,7 +79,9 @@ class Settings(BaseSettings):
 
     @field_validator("workspace_endpoint", "iam_endpoint")
     @classmethod
-    def _endpoint(cls, value: str) -> str:
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
         value = value.strip().rstrip("/")
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// base URL")
@@ -122,16 +125,33 @@ class Settings(BaseSettings):
     # -- derived values -------------------------------------------------------------------
 
     def project_list(self) -> list[Project]:
-        """The configured projects, in order, without duplicates."""
-        return parse_projects(self.projects, self.region)
+        """The configured projects, in order, without duplicates; ConfigError for a region
+        whose endpoints are neither in the region table nor given by a template."""
+        projects = parse_projects(self.projects, self.region)
+        for project in projects:
+            self.check_region(
+                project.region,
+                variable="SNAPSYNC_REGION"
+                if project.region == self.region
+                else "SNAPSYNC_PROJECTS",
+            )
+        return projects
+
+    def check_region(self, region: str, *, variable: str) -> None:
+        """Raise ConfigError naming `variable` unless the endpoints this configuration needs
+        in `region` are known: Workspace always, IAM for password login."""
+        regions.workspace_url(region, self.workspace_endpoint, variable=variable)
+        if self.auth == "password":
+            regions.iam_url(region, self.iam_endpoint, variable=variable)
 
     def endpoint_for(self, region: str) -> str:
-        """The Workspace base URL of one region."""
-        return self.workspace_endpoint.replace("{region}", region)
+        """The Workspace base URL of one region: SNAPSYNC_WORKSPACE_ENDPOINT's template, else
+        the region table."""
+        return regions.workspace_url(region, self.workspace_endpoint, variable="SNAPSYNC_REGION")
 
     def iam_endpoint_for(self, region: str) -> str:
-        """The IAM base URL of one region."""
-        return self.iam_endpoint.replace("{region}", region)
+        """The IAM base URL of one region: SNAPSYNC_IAM_ENDPOINT's template, else the table."""
+        return regions.iam_url(region, self.iam_endpoint, variable="SNAPSYNC_REGION")
 
     def async_database_url(self) -> str | None:
         """The configured URL with the asyncpg driver, or None for the embedded server."""

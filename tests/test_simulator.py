@@ -723,3 +723,201 @@ def test_simulate_command_fails_cleanly_when_the_port_is_taken() -> None:
         )
     assert result.exit_code == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.output
+
+
+async def test_list_filters_of_the_current_api_version(sim: Sim) -> None:
+    """desktop_ids, desktop_names and snapshot_names: OR within a list, AND with the rest."""
+    pid = sim.pids[1]
+    everything = await sim.control.snapshots(pid)
+    by_desktop = collections.Counter(item["desktop_name"] for item in everything)
+    one, two = (name for name, _ in by_desktop.most_common(2))
+
+    async def listed(params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        status, body, _ = await sim.get(pid, params)
+        assert status == 200, body
+        assert body["total_count"] == len(body["desktop_snapshots"])
+        return list(body["desktop_snapshots"])
+
+    got = await listed([("desktop_names", one), ("desktop_names", two)])
+    assert got == [i for i in everything if i["desktop_name"] in (one, two)]
+    assert 0 < len(got) < len(everything)
+    got = await listed([("desktop_names", one), ("disk_type", "SYSTEM_DISK")])
+    assert got == [i for i in everything if i["desktop_name"] == one and i["is_system_disk"]]
+    # Two list filters together: both must hold.
+    some = [i for i in everything if i["desktop_name"] == one][:2]
+    names = sorted({i["snapshot_name"] for i in some} | {everything[0]["snapshot_name"]})
+    got = await listed([("desktop_names", one), *(("snapshot_names", n) for n in names)])
+    assert got == [
+        i for i in everything if i["desktop_name"] == one and i["snapshot_name"] in names
+    ]
+    desktop_ids = sorted({i["desktop_id"] for i in everything if i["desktop_name"] == two})
+    got = await listed([*(("desktop_ids", d) for d in desktop_ids), ("desktop_name", one)])
+    assert got == [
+        i for i in everything if i["desktop_id"] in desktop_ids and i["desktop_name"] == one
+    ]
+    assert await listed([("desktop_names", "no such desktop")]) == []
+    for key in ("desktop_names", "desktop_ids", "snapshot_names"):
+        status, body, _ = await sim.get(pid, [(key, one), (key, "")])
+        assert status == 400 and body["error_code"] == "WKS.00040001", (key, body)
+        assert key in body["error_msg"]
+
+
+async def test_projects_have_regions_and_iam_lists_them(start_sim: StartSim) -> None:
+    sim = await start_sim(projects=4, regions=("cn-north-4", "eu-west-101"))
+    regions = [sim.population.region(pid) for pid in sim.pids]
+    assert regions == ["cn-north-4", "eu-west-101", "cn-north-4", "eu-west-101"]
+    assert [p["region"] for p in await sim.control.projects()] == regions
+
+    async def iam_get(path: str, headers: dict[str, str] = TOKEN) -> tuple[int, Any]:
+        async with sim.http.get(f"{sim.url}{path}", headers=headers) as response:
+            return response.status, await response.json()
+
+    status, body = await iam_get("/v3/auth/projects")
+    assert status == 200
+    assert body["links"] == {"self": f"{sim.url}/v3/auth/projects"}
+    listed = body["projects"]
+    assert [p["name"] for p in listed] == [
+        "cn-north-4",
+        "eu-west-101",
+        "cn-north-4_sub1",
+        "eu-west-101_sub1",
+        "MOS",
+    ]
+    assert [p["id"] for p in listed[:4]] == sim.pids
+    domain_id = listed[0]["domain_id"]
+    for project in listed:
+        assert set(project) == {
+            "id",
+            "name",
+            "domain_id",
+            "enabled",
+            "is_domain",
+            "parent_id",
+            "description",
+            "links",
+        }
+        assert project["enabled"] is True and project["is_domain"] is False
+        assert project["domain_id"] == domain_id
+        assert project["links"] == {"self": f"{sim.url}/v3/projects/{project['id']}"}
+    assert listed[2]["parent_id"] == sim.pids[0] and listed[0]["parent_id"] == domain_id
+    # MOS is IAM's, not Workspace's: the snapshots API does not know it.
+    assert (await sim.get(listed[4]["id"]))[0] == 404
+
+    status, body = await iam_get("/v3/projects?name=eu-west-101")
+    assert status == 200 and [p["id"] for p in body["projects"]] == [sim.pids[1]]
+    assert body["links"] == {"self": f"{sim.url}/v3/projects", "previous": None, "next": None}
+    status, body = await iam_get(f"/v3/projects?parent_id={sim.pids[0]}")
+    assert [p["name"] for p in body["projects"]] == ["cn-north-4_sub1"]
+    status, body = await iam_get("/v3/projects?name=ap-southeast-1")
+    assert status == 200 and body["projects"] == []
+    status, body = await iam_get("/v3/projects?per_page=2&page=2")
+    assert [p["name"] for p in body["projects"]] == ["cn-north-4_sub1", "eu-west-101_sub1"]
+    status, body = await iam_get("/v3/projects?enabled=maybe")
+    assert status == 400 and body["error"]["code"] == 400
+
+    # Any token of the account, whatever project it is scoped to, may list.
+    _, _, token = await _login(sim, sim.pids[3])
+    status, body = await iam_get("/v3/auth/projects", {"X-Auth-Token": token})
+    assert status == 200 and len(body["projects"]) == 5
+    status, body = await iam_get("/v3/auth/projects", {})
+    assert status == 401 and body["error"]["title"] == "Unauthorized"
+    await sim.control.set_faults(iam_projects_status=403)
+    status, body = await iam_get("/v3/auth/projects")
+    assert status == 403 and "iam:projects:list" in body["error"]["message"]
+    status, _ = await iam_get("/v3/projects?name=cn-north-4")
+    assert status == 403
+    stats = await sim.control.stats()
+    assert stats["iam_requests_by_path"]["/v3/auth/projects"] == 4
+    # The token's scope is named as IAM names the project.
+    status, body, _ = await _login(sim, sim.pids[2])
+    assert body["token"]["project"]["name"] == "cn-north-4_sub1"
+
+
+def test_simulate_command_refuses_bad_regions() -> None:
+    from click.testing import CliRunner
+
+    from app.simulator.command import simulate
+
+    result = CliRunner().invoke(simulate, ["--regions", "cn-north-4,Not A Region"])
+    assert result.exit_code == 2
+    assert "Not A Region" in result.output
+
+
+async def test_projects_can_be_added_and_removed_while_it_runs(sim: Sim) -> None:
+    async def iam_names() -> dict[str, str]:
+        async with sim.http.get(f"{sim.url}/v3/auth/projects", headers=TOKEN) as response:
+            assert response.status == 200
+            return {p["id"]: p["name"] for p in (await response.json())["projects"]}
+
+    before = await iam_names()
+    added = await sim.control.add_project("cn-east-3")
+    assert added not in before and added in sim.pids
+    assert (await iam_names())[added] == "cn-east-3"
+    status, body, _ = await sim.get(added)
+    assert status == 200 and body["total_count"] == 150
+    assert body["desktop_snapshots"] == await sim.control.snapshots(added)
+    assert sim.population.total == 4 * 150
+
+    # Listed by IAM, unknown to Workspace: not in use there.
+    unused = await sim.control.add_project("cn-north-4", workspace=False)
+    names = await iam_names()
+    assert names[unused] == "cn-north-4_sub2"  # the default regions already hold a _sub1
+    assert (await sim.get(unused))[0] == 404
+    listing = await sim.control._call("GET", "/projects")
+    assert listing["iam_only"] == [{"project_id": unused, "region": "cn-north-4"}]
+
+    for project_id in (added, unused):
+        await sim.control.remove_project(project_id)
+    assert await iam_names() == before
+    assert (await sim.get(added))[0] == 404
+    assert sim.population.total == 3 * 150
+    await sim.control.tick(5)  # the evolution does not touch what is gone
+    with pytest.raises(ControlError) as info:
+        await sim.control.remove_project(added)
+    assert info.value.status == 404
+    with pytest.raises(ControlError) as info:
+        await sim.control.add_project("Not a region")
+    assert info.value.status == 400
+
+
+async def test_latency_per_item_grows_with_the_page(sim: Sim) -> None:
+    pid = sim.pids[0]
+    await sim.control.set_faults(latency_per_item=0.004)
+
+    async def timed(limit: int) -> float:
+        started = time.monotonic()
+        status, body, _ = await sim.get(pid, {"limit": str(limit)})
+        assert status == 200 and len(body["desktop_snapshots"]) == limit
+        return time.monotonic() - started
+
+    assert await timed(100) >= 0.4
+    assert await timed(1) < 0.3
+    with pytest.raises(ControlError):
+        await sim.control.set_faults(latency_per_item=2)
+
+
+async def test_account_scoped_login_lists_projects_but_reads_no_snapshots(sim: Sim) -> None:
+    body = _login_body(sim.pids[0])
+    body["auth"]["scope"] = {"domain": {"name": "simdomain"}}
+    async with sim.http.post(f"{sim.url}/v3/auth/tokens?nocatalog=true", json=body) as response:
+        assert response.status == 201
+        token = response.headers["X-Subject-Token"]
+        answer = (await response.json())["token"]
+    assert "project" not in answer and answer["domain"]["name"] == "simdomain"
+    async with sim.http.get(
+        f"{sim.url}/v3/auth/projects", headers={"X-Auth-Token": token}
+    ) as response:
+        assert response.status == 200
+        assert len((await response.json())["projects"]) == 4
+    status, error, _ = await sim.get(sim.pids[0], {"limit": "1"}, {"X-Auth-Token": token})
+    assert status == 403 and error["error_code"] == "APIGW.0302"
+    assert "scoped to the account" in error["error_msg"]
+
+    body["auth"]["scope"] = {"domain": {"name": "otherdomain"}}
+    async with sim.http.post(f"{sim.url}/v3/auth/tokens", json=body) as response:
+        assert response.status == 401
+    body["auth"]["scope"] = {}
+    async with sim.http.post(f"{sim.url}/v3/auth/tokens", json=body) as response:
+        assert response.status == 400
+    stats = await sim.control.stats()
+    assert (stats["domain_logins"], stats["logins_per_project"]) == (1, {})

@@ -84,10 +84,11 @@ class AuthConfig:
 
 @dataclass(slots=True)
 class IssuedToken:
-    """A token issued by the simulated IAM, scoped to one project."""
+    """A token issued by the simulated IAM, scoped to one project (or, None, to the account:
+    good for IAM's listings, not for a project's API)."""
 
     token: str
-    project_id: str
+    project_id: str | None
     issued_at: datetime
     expires_at: datetime
 
@@ -99,15 +100,19 @@ class TokenStore:
     ttl: timedelta
     tokens: dict[str, IssuedToken] = field(default_factory=dict)
     logins: Counter[str] = field(default_factory=Counter)
+    domain_logins: int = 0
     failed_logins: int = 0
 
-    def issue(self, project_id: str, now: datetime) -> IssuedToken:
-        """A fresh token for `project_id`, counted as one login."""
+    def issue(self, project_id: str | None, now: datetime) -> IssuedToken:
+        """A fresh token for `project_id` (None: scoped to the account), counted as a login."""
         # Real tokens are long base64 blobs starting "MII"; clients must not assume a length.
         token = "MIIsim" + secrets.token_urlsafe(96)
         issued = IssuedToken(token, project_id, now, now + self.ttl)
         self.tokens[token] = issued
-        self.logins[project_id] += 1
+        if project_id is None:
+            self.domain_logins += 1
+        else:
+            self.logins[project_id] += 1
         return issued
 
     def revoke_all(self) -> int:
@@ -136,13 +141,14 @@ def authenticate(
     raw_query: str,
     headers: Mapping[str, str],
     body: bytes,
-    project_id: str,
+    project_id: str | None,
     now: datetime,
 ) -> str:
     """Who made the request ("token", "iam:<project>", "aksk:<AK>"); raises AuthRejected.
 
     A request with an `Authorization: SDK-HMAC-SHA256 ...` header is judged by its signature
-    alone; any other by its X-Auth-Token.
+    alone; any other by its X-Auth-Token. `project_id` None (an IAM call, which is not about
+    one project) accepts a token scoped to any project.
     """
     authorization = headers.get("Authorization", "")
     if authorization.strip().startswith("SDK-HMAC-SHA256"):
@@ -174,14 +180,15 @@ def authenticate(
         )
     if issued.expires_at <= now:
         raise AuthRejected(401, CODE_EXPIRED, "The token must be updated: it has expired.")
-    if issued.project_id != project_id:
+    if project_id is not None and issued.project_id != project_id:
+        scope = "the account" if issued.project_id is None else f"project {issued.project_id}"
         raise AuthRejected(
             403,
             CODE_NOT_AUTHORIZED,
             f"The IAM user is not authorized to access the API: the token is scoped to "
-            f"project {issued.project_id}, not {project_id}",
+            f"{scope}, not {project_id}",
         )
-    return f"iam:{issued.project_id}"
+    return f"iam:{issued.project_id or 'domain'}"
 
 
 def _check_signature(
@@ -238,22 +245,34 @@ class PasswordLogin:
     user: str
     password: str
     domain: str
-    project_id: str
+    # None: scoped to the account (`scope.domain`), as IAM's listings of projects want.
+    project_id: str | None
+    scope_domain: str | None = None
 
 
 def parse_login(body: Any) -> PasswordLogin:
-    """Read a Keystone v3 password-auth request body; raises LoginError (400) when malformed."""
+    """Read a Keystone v3 password-auth request body; raises LoginError (400) when malformed.
+
+    The scope is a project (`scope.project.id`) or the account (`scope.domain.name`)."""
     try:
         auth = body["auth"]
         identity = auth["identity"]
         methods = identity["methods"]
         user = identity["password"]["user"]
         name, password, domain = user["name"], user["password"], user["domain"]["name"]
-        project_id = auth["scope"]["project"]["id"]
+        scope = auth["scope"]
+        if "domain" in scope and "project" not in scope:
+            scope_domain = scope["domain"]["name"]
+            if not isinstance(scope_domain, str) or not scope_domain:
+                raise _bad_request("scope.domain.name must be a non-empty string")
+            project_id = None
+        else:
+            scope_domain = None
+            project_id = scope["project"]["id"]
     except (KeyError, TypeError):
         raise _bad_request(
             "Expecting auth.identity.methods, auth.identity.password.user.{name,password,"
-            "domain.name} and auth.scope.project.id"
+            "domain.name} and auth.scope.project.id or auth.scope.domain.name"
         ) from None
     if not isinstance(methods, list) or "password" not in methods:
         raise _bad_request("auth.identity.methods must include 'password'")
@@ -261,11 +280,17 @@ def parse_login(body: Any) -> PasswordLogin:
         ("user.name", name),
         ("user.password", password),
         ("user.domain.name", domain),
-        ("scope.project.id", project_id),
+        ("scope.project.id", project_id if scope_domain is None else "-"),
     ):
         if not isinstance(value, str) or not value:
             raise _bad_request(f"{label} must be a non-empty string")
-    return PasswordLogin(user=name, password=password, domain=domain, project_id=project_id)
+    return PasswordLogin(
+        user=name,
+        password=password,
+        domain=domain,
+        project_id=project_id,
+        scope_domain=scope_domain,
+    )
 
 
 def check_login(config: AuthConfig, login: PasswordLogin) -> None:
@@ -280,19 +305,25 @@ def check_login(config: AuthConfig, login: PasswordLogin) -> None:
     )
     if not ok:
         raise LoginError(401, "Unauthorized", "The username or password is wrong.", "IAM.0101")
+    if login.scope_domain is not None and login.scope_domain != login.domain:
+        raise LoginError(
+            401,
+            "Unauthorized",
+            f"The user has no access to domain {login.scope_domain}.",
+            "IAM.0101",
+        )
 
 
-def token_body(issued: IssuedToken, login: PasswordLogin, *, catalog: bool) -> dict[str, Any]:
-    """The body of a 201 answer to POST /v3/auth/tokens."""
+def token_body(
+    issued: IssuedToken, login: PasswordLogin, *, catalog: bool, project_name: str = "cn-north-4"
+) -> dict[str, Any]:
+    """The body of a 201 answer to POST /v3/auth/tokens; `project_name` is the scope's IAM
+    name (its region, or a sub-project's name)."""
+    domain = {"id": _stable_id(login.domain), "name": login.domain}
     token: dict[str, Any] = {
         "expires_at": iso_with_micros(issued.expires_at),
         "issued_at": iso_with_micros(issued.issued_at),
         "methods": ["password"],
-        "project": {
-            "id": issued.project_id,
-            "name": "cn-north-4",
-            "domain": {"id": _stable_id(login.domain), "name": login.domain},
-        },
         "user": {
             "id": _stable_id(login.domain + "/" + login.user),
             "name": login.user,
@@ -301,6 +332,10 @@ def token_body(issued: IssuedToken, login: PasswordLogin, *, catalog: bool) -> d
         },
         "roles": [{"id": "0", "name": "op_service"}],
     }
+    if issued.project_id is None:
+        token["domain"] = domain
+    else:
+        token["project"] = {"id": issued.project_id, "name": project_name, "domain": domain}
     if catalog:
         token["catalog"] = []
     return {"token": token}
@@ -309,6 +344,11 @@ def token_body(issued: IssuedToken, login: PasswordLogin, *, catalog: bool) -> d
 def iso_with_micros(moment: datetime) -> str:
     """ISO 8601 UTC with microseconds and Z, as Huawei IAM writes times."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def domain_id_for(domain: str) -> str:
+    """The id of the simulated account (domain), as its tokens and IAM listings show it."""
+    return _stable_id(domain)
 
 
 def _stable_id(text: str) -> str:

@@ -8,8 +8,20 @@ import logging
 import click
 
 from app.simulator import auth, faults, server
+from app.simulator import population as pop
 
 _FRACTION = click.FloatRange(0.0, 1.0)
+
+
+def _regions(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
+    regions = tuple(part.strip() for part in value.split(",") if part.strip())
+    bad = [region for region in regions if not pop.REGION_NAME.fullmatch(region)]
+    if not regions or bad:
+        raise click.BadParameter(
+            f"{', '.join(bad) or 'nothing'}: expected comma-separated region names "
+            "such as cn-north-4"
+        )
+    return regions
 
 
 @click.command("simulate")
@@ -30,6 +42,14 @@ _FRACTION = click.FloatRange(0.0, 1.0)
     help="Snapshots per project.",
 )
 @click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same data.")
+@click.option(
+    "--regions",
+    default=",".join(pop.DEFAULT_REGIONS),
+    show_default=True,
+    callback=_regions,
+    help="Regions the projects are spread over, round-robin; IAM names each project after "
+    "its region (a second one in a region is a sub-project, REGION_subN).",
+)
 @click.option(
     "--tick-seconds",
     type=click.FloatRange(min=0.0),
@@ -89,6 +109,12 @@ _FRACTION = click.FloatRange(0.0, 1.0)
     help="Seconds added to every API request.",
 )
 @click.option(
+    "--latency-per-item",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    help="Seconds added per item of a page (a page of 1000 at 0.00025: 0.25 s more).",
+)
+@click.option(
     "--forbidden-projects",
     type=click.IntRange(min=0),
     default=0,
@@ -101,6 +127,7 @@ def simulate(
     projects: int,
     snapshots: int,
     seed: int,
+    regions: tuple[str, ...],
     tick_seconds: float,
     change_rate: float,
     unstable_ties: bool,
@@ -115,6 +142,7 @@ def simulate(
     fault_500: float,
     fault_502_html: float,
     latency: float,
+    latency_per_item: float,
     forbidden_projects: int,
 ) -> None:
     """Serve a simulated Workspace snapshots API (and IAM token endpoint) whose snapshots
@@ -125,6 +153,7 @@ def simulate(
         projects=projects,
         snapshots=snapshots,
         seed=seed,
+        regions=regions,
         tick_seconds=tick_seconds,
         change_rate=change_rate,
         unstable_ties=unstable_ties,
@@ -139,6 +168,7 @@ def simulate(
         fault_500=fault_500,
         fault_502_html=fault_502_html,
         latency=latency,
+        latency_per_item=latency_per_item,
         forbidden_projects=forbidden_projects,
     )
     try:

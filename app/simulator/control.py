@@ -40,6 +40,17 @@ class SimulatorControl:
         projects: list[dict[str, Any]] = answer["projects"]
         return projects
 
+    async def add_project(self, region: str, *, workspace: bool = True) -> str:
+        """A new project of the account in `region` (without `workspace`: listed by IAM only,
+        Workspace answers 404); returns its id."""
+        answer = await self._call("POST", "/projects", {"region": region, "workspace": workspace})
+        project_id: str = answer["project_id"]
+        return project_id
+
+    async def remove_project(self, project_id: str) -> None:
+        """Make a project vanish from Workspace and IAM."""
+        await self._call("DELETE", f"/projects/{project_id}")
+
     async def snapshots(self, project_id: str) -> list[dict[str, Any]]:
         """A project's whole current list, as the API renders items."""
         answer = await self._call("GET", f"/projects/{project_id}/snapshots")
@@ -82,7 +93,8 @@ class SimulatorControl:
 
     async def set_faults(self, **changes: Any) -> dict[str, Any]:
         """Change fault options (fault_429, fault_500, fault_502_html, latency,
-        forbidden_projects) and/or unstable_ties, change_rate; returns the current ones."""
+        latency_per_item, forbidden_projects, iam_projects_status) and/or unstable_ties,
+        change_rate; returns the current ones."""
         current: dict[str, Any] = await self._call("POST", "/faults", changes)
         return current
 

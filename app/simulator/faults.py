@@ -29,7 +29,13 @@ class Faults:
     fault_500: float = 0.0
     fault_502_html: float = 0.0
     latency: float = 0.0
+    # Seconds added per item a page holds, on top of `latency`: a full page costs the service
+    # more than an empty one, as the real API's does.
+    latency_per_item: float = 0.0
     forbidden_projects: int = 0
+    # 0: IAM lists the account's projects; 401 or 403: it refuses to (unauthenticated, or the
+    # credentials lack iam:projects:list).
+    iam_projects_status: int = 0
 
     def __post_init__(self) -> None:
         for name in ("fault_429", "fault_500", "fault_502_html"):
@@ -40,8 +46,16 @@ class Faults:
             raise FaultError("fault_429 + fault_500 + fault_502_html must not exceed 1")
         if not 0.0 <= self.latency <= 600.0 or math.isnan(self.latency):
             raise FaultError(f"latency must be between 0 and 600 seconds, got {self.latency!r}")
+        if not 0.0 <= self.latency_per_item <= 1.0 or math.isnan(self.latency_per_item):
+            raise FaultError(
+                f"latency_per_item must be between 0 and 1 second, got {self.latency_per_item!r}"
+            )
         if self.forbidden_projects < 0:
             raise FaultError(f"forbidden_projects must be >= 0, got {self.forbidden_projects!r}")
+        if self.iam_projects_status not in (0, 401, 403):
+            raise FaultError(
+                f"iam_projects_status must be 0, 401 or 403, got {self.iam_projects_status!r}"
+            )
 
     def updated(self, changes: Mapping[str, Any]) -> Faults:
         """A copy with `changes` applied (JSON values: numbers); raises FaultError."""
@@ -52,9 +66,9 @@ class Faults:
                 raise FaultError(f"unknown fault {name!r}; faults are {', '.join(known)}")
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise FaultError(f"{name} must be a number, got {value!r}")
-            if name == "forbidden_projects":
+            if name in ("forbidden_projects", "iam_projects_status"):
                 if not isinstance(value, int):
-                    raise FaultError(f"forbidden_projects must be an integer, got {value!r}")
+                    raise FaultError(f"{name} must be an integer, got {value!r}")
                 clean[name] = value
             else:
                 clean[name] = float(value)

@@ -13,6 +13,7 @@ import json
 import math
 import operator
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +71,10 @@ _ORDER_FIELDS = frozenset({"snapshot_id", "snapshot_name", "create_time"})
 SortField = Literal["create_time", "snapshot_name"]
 
 DEFAULT_START = datetime(2024, 4, 20, 8, 0, 0, tzinfo=UTC)
+# Real Workspace regions the projects are spread over, round-robin: with the default three
+# projects, two regions and a sub-project of the first, as a small real tenant has.
+DEFAULT_REGIONS: tuple[str, ...] = ("cn-north-4", "ap-southeast-1")
+REGION_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 SNAPSHOTS_PER_DESKTOP = 5
 HISTORY_DAYS = 28
 MAX_BATCH = 100
@@ -314,7 +319,10 @@ class Population:
         change_rate: float = 0.002,
         start: datetime = DEFAULT_START,
         step_seconds: float = 1.0,
+        regions: Sequence[str] = DEFAULT_REGIONS,
     ) -> None:
+        if not regions:
+            raise ValueError("regions must name at least one region")
         if projects < 0 or snapshots < 0:
             raise ValueError("projects and snapshots must be >= 0")
         if not 0 <= change_rate <= 1:
@@ -335,9 +343,14 @@ class Population:
         # Snapshots with a running task, in the order their tasks started (deterministic).
         self._active: dict[int, tuple[_Project, Snapshot]] = {}
         self._projects: dict[str, _Project] = {}
+        self._regions: dict[str, str] = {}
+        # Projects IAM lists but Workspace does not serve (not in use there): id -> region.
+        self._iam_only: dict[str, str] = {}
+        self._next_index = projects
         for index in range(projects):
             project = self._build_project(index)
             self._projects[project.project_id] = project
+            self._regions[project.project_id] = regions[index % len(regions)]
         self._total = sum(len(p.by_id) for p in self._projects.values())
 
     # ---- reading -------------------------------------------------------------------------
@@ -360,6 +373,15 @@ class Population:
     def has_project(self, project_id: str) -> bool:
         """Whether the simulator knows this project."""
         return project_id in self._projects
+
+    def iam_only(self) -> dict[str, str]:
+        """Projects of the account without Workspace (id -> region), in creation order."""
+        return dict(self._iam_only)
+
+    def region(self, project_id: str) -> str:
+        """The region a project lives in (its IAM project is named after it)."""
+        self._project(project_id)
+        return self._regions[project_id]
 
     def count(self, project_id: str) -> int:
         """Snapshots in one project."""
@@ -391,6 +413,35 @@ class Population:
     def desktops(self, project_id: str) -> list[Desktop]:
         """The desktops a project's snapshots are taken from."""
         return list(self._project(project_id).desktops)
+
+    # ---- projects ------------------------------------------------------------------------
+
+    def add_project(self, region: str, *, workspace: bool = True) -> str:
+        """A new project in `region` with the usual number of snapshots (or, without
+        `workspace`, one IAM lists but Workspace does not know); returns its id."""
+        index = self._next_index
+        self._next_index += 1
+        if not workspace:
+            project_id = project_id_for(self.seed, index)
+            self._iam_only[project_id] = region
+            return project_id
+        project = self._build_project(index)
+        self._projects[project.project_id] = project
+        self._regions[project.project_id] = region
+        self._total += len(project.by_id)
+        return project.project_id
+
+    def remove_project(self, project_id: str) -> None:
+        """Make a project vanish from the account (Workspace and IAM alike)."""
+        if self._iam_only.pop(project_id, None) is not None:
+            return
+        project = self._project(project_id)
+        for key, (owner, _) in list(self._active.items()):
+            if owner is project:
+                del self._active[key]
+        self._total -= len(project.by_id)
+        del self._projects[project_id]
+        del self._regions[project_id]
 
     # ---- scripted control ----------------------------------------------------------------
 

@@ -19,7 +19,9 @@ DISK_TYPES = ("SYSTEM_DISK", "DATA_DISKS", "ALL")
 SORT_FIELDS = ("create_time", "snapshot_name")
 SORT_TYPES = ("ASC", "DESC")
 
-# Keys that take one value, and the newer list filters given as repeated keys.
+# Keys that take one value, and the current API version's list filters, given as repeated keys
+# (`desktop_ids=a&desktop_ids=b`, as the official SDK sends them). Within a list the values are
+# alternatives; across parameters every filter must hold.
 _SINGLE_KEYS = frozenset(
     {
         "desktop_id",
@@ -34,7 +36,7 @@ _SINGLE_KEYS = frozenset(
         "limit",
     }
 )
-_LIST_KEYS = frozenset({"snapshot_names", "desktop_ids"})
+_LIST_KEYS = frozenset({"snapshot_names", "desktop_ids", "desktop_names"})
 _DIGITS = re.compile(r"[0-9]+")
 
 
@@ -59,6 +61,7 @@ class SnapshotQuery:
     status: str | None = None
     snapshot_names: frozenset[str] | None = None
     desktop_ids: frozenset[str] | None = None
+    desktop_names: frozenset[str] | None = None
     sort_field: pop.SortField = "create_time"
     descending: bool = False
     offset: int = 0
@@ -80,6 +83,7 @@ class SnapshotQuery:
             self.status,
             self.snapshot_names,
             self.desktop_ids,
+            self.desktop_names,
         )
 
     def matches(self, snap: pop.Snapshot) -> bool:
@@ -93,6 +97,7 @@ class SnapshotQuery:
             and (self.status is None or snap.status == self.status)
             and (self.snapshot_names is None or snap.snapshot_name in self.snapshot_names)
             and (self.desktop_ids is None or snap.desktop_id in self.desktop_ids)
+            and (self.desktop_names is None or snap.desktop_name in self.desktop_names)
         )
 
 
@@ -133,6 +138,7 @@ def parse_query(pairs: Iterable[tuple[str, str]]) -> SnapshotQuery:
         status=_choice(single, "status", pop.STATUSES),
         snapshot_names=frozenset(lists["snapshot_names"]) if "snapshot_names" in lists else None,
         desktop_ids=frozenset(lists["desktop_ids"]) if "desktop_ids" in lists else None,
+        desktop_names=frozenset(lists["desktop_names"]) if "desktop_names" in lists else None,
         sort_field="snapshot_name"
         if _choice(single, "sort_field", SORT_FIELDS) == "snapshot_name"
         else "create_time",

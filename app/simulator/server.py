@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from app.simulator import auth, faults, query
+from app.simulator import auth, faults, iam, query
 from app.simulator import population as pop
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,11 @@ class SimulatorOptions:
     fault_500: float = 0.0
     fault_502_html: float = 0.0
     latency: float = 0.0
+    latency_per_item: float = 0.0
     forbidden_projects: int = 0
+    iam_projects_status: int = 0
+    # The regions the projects are spread over, round-robin (see population.DEFAULT_REGIONS).
+    regions: tuple[str, ...] = pop.DEFAULT_REGIONS
     # Where simulated time starts; None: today's midnight UTC, so snapshots look recent while
     # the population stays the same for a whole day.
     start_time: datetime | None = None
@@ -101,7 +105,9 @@ class SimulatorOptions:
             fault_500=self.fault_500,
             fault_502_html=self.fault_502_html,
             latency=self.latency,
+            latency_per_item=self.latency_per_item,
             forbidden_projects=self.forbidden_projects,
+            iam_projects_status=self.iam_projects_status,
         )
 
 
@@ -114,6 +120,7 @@ def build_population(options: SimulatorOptions) -> pop.Population:
         change_rate=options.change_rate,
         start=options.start(),
         step_seconds=options.tick_seconds if options.tick_seconds > 0 else 1.0,
+        regions=options.regions,
     )
 
 
@@ -159,6 +166,7 @@ class Stats:
     api_by_status: Counter[int] = field(default_factory=Counter)
     api_by_project: Counter[str] = field(default_factory=Counter)
     iam_by_status: Counter[int] = field(default_factory=Counter)
+    iam_by_path: Counter[str] = field(default_factory=Counter)
     control_requests: int = 0
 
 
@@ -184,6 +192,15 @@ class SimulatorState:
         """Whether the project is among the first `forbidden_projects`."""
         return project_id in self.population.project_ids[: self.faults.forbidden_projects]
 
+    @property
+    def domain(self) -> str:
+        """The simulated account's name (IAM's domain)."""
+        return self.auth.iam_domain or auth.DEFAULT_IAM_DOMAIN
+
+    def iam_projects(self) -> list[iam.IamProject]:
+        """The account's projects as IAM lists them."""
+        return iam.account_projects(self.population, self.domain)
+
     def stats_json(self) -> dict[str, Any]:
         """What GET /_sim/stats answers."""
         now = self.clock()
@@ -194,7 +211,9 @@ class SimulatorState:
             "iam_requests_by_status": {
                 str(k): v for k, v in sorted(self.stats.iam_by_status.items())
             },
+            "iam_requests_by_path": dict(self.stats.iam_by_path),
             "logins_per_project": dict(self.tokens.logins),
+            "domain_logins": self.tokens.domain_logins,
             "failed_logins": self.tokens.failed_logins,
             "active_tokens": self.tokens.active(now),
             "control_requests": self.stats.control_requests,
@@ -220,7 +239,12 @@ def create_app(
     app[STATE] = state
     app.router.add_get("/v2/{project_id}/snapshots", _list_snapshots)
     app.router.add_post("/v3/auth/tokens", _iam_login)
+    app.router.add_get("/v3/auth/projects", _iam_auth_projects)
+    app.router.add_get("/v3/auth/domains", _iam_auth_domains)
+    app.router.add_get("/v3/projects", _iam_list_projects)
     app.router.add_get("/_sim/projects", _sim_projects)
+    app.router.add_post("/_sim/projects", _sim_add_project)
+    app.router.add_delete("/_sim/projects/{project_id}", _sim_remove_project)
     app.router.add_get("/_sim/projects/{project_id}/snapshots", _sim_list)
     app.router.add_post("/_sim/projects/{project_id}/snapshots", _sim_add)
     app.router.add_get("/_sim/projects/{project_id}/snapshots/{snapshot_id}", _sim_get)
@@ -280,6 +304,7 @@ async def _request_id_middleware(request: web.Request, handler: Handler) -> web.
         state.stats.control_requests += 1
     elif path.startswith("/v3/"):
         state.stats.iam_by_status[response.status] += 1
+        state.stats.iam_by_path[path] += 1
     elif path.startswith("/v2/"):
         state.stats.api_by_status[response.status] += 1
         project_id = request.match_info.get("project_id")
@@ -304,19 +329,8 @@ async def _list_snapshots(request: web.Request) -> web.StreamResponse:
     project_id = request.match_info["project_id"]
     if state.faults.latency > 0:
         await asyncio.sleep(state.faults.latency)
-    body = await request.read()
     try:
-        auth.authenticate(
-            state.auth,
-            state.tokens,
-            method=request.method,
-            path=request.rel_url.raw_path,
-            raw_query=request.rel_url.raw_query_string,
-            headers=request.headers,
-            body=body,
-            project_id=project_id,
-            now=state.clock(),
-        )
+        await _authenticate(request, state, project_id)
     except auth.AuthRejected as exc:
         return error_response(exc.status, exc.error_code, exc.message)
 
@@ -361,13 +375,35 @@ async def _list_snapshots(request: web.Request) -> web.StreamResponse:
     page = state.selector.select(
         project_id, parsed, shuffle_ties=state.tie_rng if state.unstable_ties else None
     )
+    if state.faults.latency_per_item > 0 and page.items:
+        await asyncio.sleep(state.faults.latency_per_item * len(page.items))
     return web.Response(
         body=page.to_json().encode(), content_type="application/json", charset="utf-8"
     )
 
 
+async def _authenticate(
+    request: web.Request, state: SimulatorState, project_id: str | None
+) -> None:
+    """Check the request's token or signature (for `project_id`, or any project when None);
+    raises auth.AuthRejected."""
+    body = await request.read()
+    auth.authenticate(
+        state.auth,
+        state.tokens,
+        method=request.method,
+        path=request.rel_url.raw_path,
+        raw_query=request.rel_url.raw_query_string,
+        headers=request.headers,
+        body=body,
+        project_id=project_id,
+        now=state.clock(),
+    )
+
+
 async def _iam_login(request: web.Request) -> web.StreamResponse:
-    """POST /v3/auth/tokens: Keystone v3 password login, scoped to one known project."""
+    """POST /v3/auth/tokens: Keystone v3 password login, scoped to one known project or to
+    the account (what IAM's project listings take)."""
     state = request.app[STATE]
     try:
         body = json.loads(await request.read())
@@ -378,7 +414,7 @@ async def _iam_login(request: web.Request) -> web.StreamResponse:
     try:
         login = auth.parse_login(body)
         auth.check_login(state.auth, login)
-        if not state.population.has_project(login.project_id):
+        if login.project_id is not None and not state.population.has_project(login.project_id):
             raise auth.LoginError(
                 400, "Bad Request", f"Project {login.project_id} does not exist.", "IAM.0005"
             )
@@ -386,9 +422,77 @@ async def _iam_login(request: web.Request) -> web.StreamResponse:
         return _login_error(state, exc)
     issued = state.tokens.issue(login.project_id, state.clock())
     catalog = request.query.get("nocatalog", "false").lower() != "true"
-    response = json_response(auth.token_body(issued, login, catalog=catalog), status=201)
+    if login.project_id is None:
+        body = auth.token_body(issued, login, catalog=catalog)
+    else:
+        name = iam.project_name(state.population, state.domain, login.project_id)
+        body = auth.token_body(issued, login, catalog=catalog, project_name=name)
+    response = json_response(body, status=201)
     response.headers["X-Subject-Token"] = issued.token
     return response
+
+
+async def _iam_auth_projects(request: web.Request) -> web.StreamResponse:
+    """GET /v3/auth/projects: every project the credentials can reach."""
+    state = request.app[STATE]
+    refused = await _iam_refusal(request, state)
+    if refused is not None:
+        return refused
+    return json_response(iam.auth_projects_body(state.iam_projects(), _public_url(request)))
+
+
+async def _iam_auth_domains(request: web.Request) -> web.StreamResponse:
+    """GET /v3/auth/domains: the account the credentials belong to (the SDK's GlobalCredentials
+    ask it for their domain id)."""
+    state = request.app[STATE]
+    refused = await _iam_refusal(request, state, listing=False)
+    if refused is not None:
+        return refused
+    return json_response(iam.auth_domains_body(state.domain, _public_url(request)))
+
+
+async def _iam_list_projects(request: web.Request) -> web.StreamResponse:
+    """GET /v3/projects?name=REGION...: the account's projects, filtered (the SDK finds a
+    region's project id this way)."""
+    state = request.app[STATE]
+    refused = await _iam_refusal(request, state)
+    if refused is not None:
+        return refused
+    try:
+        body = iam.projects_body(state.iam_projects(), request.query, _public_url(request))
+    except iam.IamQueryError as exc:
+        return json_response(
+            auth.LoginError(400, "Bad Request", str(exc), "IAM.0001").body(), status=400
+        )
+    return json_response(body)
+
+
+async def _iam_refusal(
+    request: web.Request, state: SimulatorState, *, listing: bool = True
+) -> web.Response | None:
+    """The Keystone error answer when an IAM call is not authenticated, or (`listing`) a
+    project listing is not allowed."""
+    try:
+        await _authenticate(request, state, None)
+    except auth.AuthRejected as exc:
+        title = "Unauthorized" if exc.status == 401 else "Forbidden"
+        error = auth.LoginError(exc.status, title, exc.message, exc.error_code)
+        return json_response(error.body(), status=exc.status)
+    status = state.faults.iam_projects_status if listing else 0
+    if status:
+        title = "Unauthorized" if status == 401 else "Forbidden"
+        message = (
+            "The request you have made requires authentication."
+            if status == 401
+            else "Policy doesn't allow iam:projects:list to be performed."
+        )
+        error = auth.LoginError(status, title, message, "IAM.0002" if status == 403 else "IAM.0001")
+        return json_response(error.body(), status=status)
+    return None
+
+
+def _public_url(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
 
 
 def _login_error(state: SimulatorState, exc: auth.LoginError) -> web.Response:
@@ -460,13 +564,50 @@ async def _sim_projects(request: web.Request, state: SimulatorState) -> web.Stre
                     "project_id": pid,
                     "snapshot_count": population.count(pid),
                     "forbidden": state.forbidden(pid),
+                    "region": population.region(pid),
                 }
                 for pid in population.project_ids
+            ],
+            "iam_only": [
+                {"project_id": pid, "region": region}
+                for pid, region in population.iam_only().items()
             ],
             "ticks": population.ticks,
             "simulated_time": pop.format_time(population.now.timestamp()),
         }
     )
+
+
+@_control
+async def _sim_add_project(request: web.Request, state: SimulatorState) -> web.StreamResponse:
+    """POST /_sim/projects {"region": R, "workspace": true}: a new project of the account, with
+    snapshots (or, with "workspace": false, one IAM lists and Workspace answers 404 for)."""
+    body = await _json_body(request)
+    region = body.get("region") if isinstance(body, dict) else None
+    workspace = body.get("workspace", True) if isinstance(body, dict) else None
+    if not isinstance(region, str) or not pop.REGION_NAME.fullmatch(region):
+        raise _BadControlRequest(400, 'body must be {"region": "<region name>"}')
+    if not isinstance(workspace, bool):
+        raise _BadControlRequest(400, "workspace must be true or false")
+    project_id = state.population.add_project(region, workspace=workspace)
+    count = state.population.count(project_id) if workspace else 0
+    return json_response(
+        {
+            "project_id": project_id,
+            "region": region,
+            "workspace": workspace,
+            "snapshot_count": count,
+        },
+        status=201,
+    )
+
+
+@_control
+async def _sim_remove_project(request: web.Request, state: SimulatorState) -> web.StreamResponse:
+    """DELETE /_sim/projects/{pid}: the project vanishes from Workspace and IAM alike."""
+    project_id = request.match_info["project_id"]
+    state.population.remove_project(project_id)
+    return json_response({"removed": project_id})
 
 
 @_control
@@ -687,7 +828,8 @@ def _base_url(runner: web.AppRunner, host: str) -> str:
 
 
 def banner(options: SimulatorOptions, url: str, project_ids: list[str]) -> str:
-    """The lines printed at start: where it listens, and the settings to copy into `.env`."""
+    """The lines printed at start: where it listens, and the settings to copy into `.env`
+    (`project_ids` as SNAPSYNC_PROJECTS entries, `ID` or `ID@REGION`)."""
     lines = [
         f"# snapsync simulator: {len(project_ids)} projects x {options.snapshots} snapshots "
         f"(seed {options.seed}) at {url} - settings for snapsync:",
@@ -763,7 +905,8 @@ async def serve(
             return
         async with running(options, population=population) as sim:
             if announce:
-                print(banner(options, sim.url, sim.project_ids), flush=True)
+                entries = [f"{pid}@{sim.population.region(pid)}" for pid in sim.project_ids]
+                print(banner(options, sim.url, entries), flush=True)
             log.info("simulator: listening on %s", sim.url)
             if ready is not None:
                 ready(sim.url)
