@@ -1,8 +1,9 @@
 """The `snapsync` command line: every command, each a thin function.
 
 Each command imports what it uses when it runs, so that start-up costs only what the command
-needs: `--help` imports click, `sync` neither alembic (only `migrate` does) nor rich, and the
-daemon, the demo and the simulator are imported only by `run`, `demo` and `simulate`.
+needs: `--help` imports click, `sync` neither alembic (only `migrate` does) nor rich (unless
+its progress is drawn on a terminal), and the daemon, the demo and the simulator are imported
+only by `run`, `demo` and `simulate`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NoReturn, TypeVar
@@ -139,25 +142,57 @@ def migrate() -> None:
     metavar="ID",
     help="Sync only this project (ID or ID@REGION); repeatable.",
 )
-def sync_command(project_ids: tuple[str, ...]) -> None:
-    """One full sync pass of every configured project (or those named), in parallel."""
+@click.option(
+    "--quiet", "-q", is_flag=True, help="No live progress on a terminal: the summary lines only."
+)
+def sync_command(project_ids: tuple[str, ...], quiet: bool) -> None:
+    """One full sync pass of every configured project (or those named), in parallel.
+
+    On a terminal, stderr shows a live line per project and an overall bar while it runs.
+    """
     with reported_errors():
         settings = load()
         projects = select_projects(settings, project_ids)
         settings.require_credentials()
-
-        async def go() -> list[sync.RunResult]:
-            from app import runtime
-
-            async with runtime.open_runtime(settings) as built:
-                assert built is not None  # without `ready`, a wrong schema raises instead
-                return await built.syncer.sync_all(projects)
-
-        results = run_async(go)
+        live = not quiet and sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+        if live and "log_level" not in settings.model_fields_set:
+            # The view says what INFO lines would; warnings and errors still print above it.
+            logging.getLogger().setLevel(logging.WARNING)
+        results = run_async(lambda: sync_projects(settings, projects, live=live))
     for result in results:
         click.echo(result.summary())
     failed = [r for r in results if r.status == "failed"]
     sys.exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+async def sync_projects(
+    settings: settings_module.Settings, projects: list[settings_module.Project], *, live: bool
+) -> list[sync.RunResult]:
+    """One pass over `projects`; with `live`, drawn by app.progress on stderr meanwhile."""
+    from app import runtime
+
+    if not live:
+        async with runtime.open_runtime(settings) as built:
+            assert built is not None  # without `ready`, a wrong schema raises instead
+            return await built.syncer.sync_all(projects)
+    from rich.console import Console
+
+    from app import progress
+
+    tracker = progress.Tracker([p.project_id for p in projects])
+    progress.follow_stderr()
+    async with runtime.open_runtime(
+        settings,
+        on_request=tracker.on_request,
+        on_retry=tracker.on_retry,
+        on_wait=tracker.on_wait,
+        on_progress=tracker.on_progress,
+        on_finished=tracker.on_finished,
+    ) as built:
+        assert built is not None
+        tracker.started = time.monotonic()
+        async with progress.shown(progress.sync_view(tracker), Console(stderr=True)):
+            return await built.syncer.sync_all(projects)
 
 
 def select_projects(
