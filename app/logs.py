@@ -2,14 +2,50 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
 CONTEXT_FIELDS = ("project_id", "run_id")
+
+# The fields of the innermost `context` block; tasks started inside it inherit them.
+_fields: contextvars.ContextVar[dict[str, object] | None] = contextvars.ContextVar(
+    "snapsync_log_fields", default=None
+)
+
+
+@contextlib.contextmanager
+def context(**fields: object) -> Iterator[None]:
+    """Every log line written inside the block, and by the tasks started in it, carries `fields`
+    (project_id, run_id), added by the handler's _ContextFilter."""
+    token = _fields.set({**(_fields.get() or {}), **fields})
+    try:
+        yield
+    finally:
+        _fields.reset(token)
+
+
+def add_context(**fields: object) -> None:
+    """Add fields to the innermost `context` block, for the rest of it (a hot run's id, known
+    once the run has something to write); tasks it started see them too."""
+    current = _fields.get()
+    if current is not None:
+        current.update(fields)
+
+
+class _ContextFilter(logging.Filter):
+    """Stamps each record with the fields of the `context` it was written in; a field the call
+    passed itself (`extra=`) wins."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in (_fields.get() or {}).items():
+            record.__dict__.setdefault(name, value)
+        return True
 
 
 class _Redactor(logging.Filter):
@@ -93,6 +129,7 @@ def setup(*, fmt: str = "console", level: str = "INFO", secrets: Iterable[str] =
     """Route every logger of the process to stderr in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    handler.addFilter(_ContextFilter())
     handler.addFilter(_Redactor(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):
