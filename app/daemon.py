@@ -43,8 +43,6 @@ SNAPSHOT_COUNTS_CACHE = 10.0
 # After the grace period, how long cancelled syncs get to write their run rows.
 CANCEL_TIMEOUT = 10.0
 
-FinishedHook = Callable[[sync.RunResult], None]
-
 
 # -- the schedule policy (pure) ----------------------------------------------------------------
 
@@ -101,7 +99,7 @@ class Daemon:
         projects: Sequence[settings_module.Project] | None = None,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
         on_progress: sync.ProgressHook | None = None,
-        on_finished: FinishedHook | None = None,
+        on_finished: Callable[[sync.RunResult], None] | None = None,
         serve_http: bool = True,
         handle_signals: bool = True,
     ) -> None:
@@ -381,9 +379,8 @@ class Daemon:
 
     @contextlib.contextmanager
     def _tracked(self, what: str) -> Iterator[None]:
-        """The current task counts among the running ones; an error is logged, and an
-        interruption by the shutdown after the grace period ends it quietly (a sync's run row
-        was closed by the Syncer)."""
+        """Count the task among the running ones, log its error; an interruption by the shutdown
+        after the grace period ends it quietly (the Syncer closed a sync's run row)."""
         task = asyncio.current_task()
         assert task is not None
         self._active.add(task)

@@ -1,11 +1,8 @@
-"""The deletion rule: what a complete listing did not show is looked up again before it counts
-as missed; store.MARK_MISSING deletes a row at SNAPSYNC_DELETE_AFTER_MISSES misses.
-
-Offset paging over a list that changes (or reorders ties) can skip live snapshots, so every
-snapshot missing from the listing is looked up again by its desktop (or name) before it counts
-as missed; one that cannot be looked up counts only when the listing showed no sign of
-shifting. `Listing`, `plan_rechecks` and `decide` are pure; `cleanup` does the I/O.
-"""
+"""The deletion rule. Offset paging over a list that changes (or reorders ties) can skip live
+snapshots, so every snapshot missing from a complete listing is looked up again by its desktop
+(or name) before it counts as missed; one that cannot be looked up counts only when the listing
+showed no sign of shifting. store.MARK_MISSING deletes a row at SNAPSYNC_DELETE_AFTER_MISSES
+misses. `Listing`, `plan_rechecks` and `decide` are pure; `cleanup` does the I/O."""
 
 from __future__ import annotations
 
@@ -134,7 +131,6 @@ async def cleanup(run: runs.Run, listing: Listing, *, started_at: datetime) -> N
     if candidates:
         confirmed = await _recheck(run, candidates, trusted=not signals)
     observed_at = datetime.now(UTC)
-    counts = run.counts
     async with run.transaction() as conn:
         if confirmed:
             _, deleted = await store.mark_missing(
@@ -146,8 +142,8 @@ async def cleanup(run: runs.Run, listing: Listing, *, started_at: datetime) -> N
                 threshold=run.resources.settings.delete_after_misses,
                 snapshot_ids=confirmed,
             )
-            counts.deleted += deleted
-            counts.transitions += deleted
+            run.counts.deleted += deleted
+            run.counts.transitions += deleted
         await store.record_complete_listing(
             conn,
             project_id=pid,

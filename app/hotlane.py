@@ -1,11 +1,8 @@
-"""The hot lane: re-read only a project's in-flight snapshots, between full syncs.
-
-Lists the transient statuses the project has in the database, then looks up those that left
-the list by name (or desktop) to learn their new status. What changed goes through the same
-transform and load as a full sync, under a `hot` run created only when there is something to
-write; unchanged ones get `status_seen_at`, which tightens the window of their next change.
-Never marks anything deleted.
-"""
+"""The hot lane: between full syncs, re-read only a project's in-flight snapshots. It lists the
+transient statuses the project has, then looks up those that left the list by name (or desktop).
+What changed goes through a full sync's transform and load, under a `hot` run created only when
+there is something to write; unchanged ones get `status_seen_at`, which tightens the window of
+their next change. Never marks anything deleted."""
 
 from __future__ import annotations
 
@@ -32,7 +29,7 @@ async def poll_in_flight(
     made), the project was busy, or another replica polled it less than a hot interval ago."""
     pid = project.project_id
     started = time.monotonic()
-    with logs.context(project_id=pid):
+    with logs.context(project_id=pid) as log_fields:
         async with runs.locked(resources, project, wait=False) as run:
             if run is None:
                 return None
@@ -53,7 +50,7 @@ async def poll_in_flight(
                 last_listing_at=last_listing_at,
             )
             try:
-                await _poll(run, in_flight, result)
+                await _poll(run, in_flight, result, log_fields)
             except asyncio.CancelledError:
                 if run.run_id is not None:
                     result.error = "interrupted: the process was asked to stop"
@@ -68,7 +65,9 @@ async def poll_in_flight(
             return result
 
 
-async def _poll(run: runs.Run, in_flight: list[store.InFlight], result: runs.RunResult) -> None:
+async def _poll(
+    run: runs.Run, in_flight: list[store.InFlight], result: runs.RunResult, log_fields: logs.Fields
+) -> None:
     pages: list[client_module.Page] = []
     for status in sorted({row.status for row in in_flight}):
         pages.extend(await _read_all(run, [("status", status)]))
@@ -105,10 +104,10 @@ async def _poll(run: runs.Run, in_flight: list[store.InFlight], result: runs.Run
                     conn,
                     project_id=run.project.project_id,
                     started_at=datetime.now(UTC),
-                    owner=run.resources.owner,
+                    owner=runs.process_owner(),
                     kind="hot",
                 )
-            logs.add_context(run_id=run.run_id)
+            log_fields["run_id"] = run.run_id
         await run.load(page, sorted_out.changed)
     counts.requests = run.stats.requests
     result.retries = run.stats.retries

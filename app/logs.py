@@ -13,29 +13,22 @@ from datetime import UTC, datetime
 
 CONTEXT_FIELDS = ("project_id", "run_id")
 
+Fields = dict[str, object]
 # The fields of the innermost `context` block; tasks started inside it inherit them.
-_fields: contextvars.ContextVar[dict[str, object] | None] = contextvars.ContextVar(
+_fields: contextvars.ContextVar[Fields | None] = contextvars.ContextVar(
     "snapsync_log_fields", default=None
 )
 
 
 @contextlib.contextmanager
-def context(**fields: object) -> Iterator[None]:
+def context(**fields: object) -> Iterator[Fields]:
     """Every log line written inside the block, and by the tasks started in it, carries `fields`
-    (project_id, run_id), added by the handler's _ContextFilter."""
-    token = _fields.set({**(_fields.get() or {}), **fields})
+    (project_id, run_id); one set in the dict yielded later (a hot run's id) is on later lines."""
+    token = _fields.set(merged := {**(_fields.get() or {}), **fields})
     try:
-        yield
+        yield merged
     finally:
         _fields.reset(token)
-
-
-def add_context(**fields: object) -> None:
-    """Add fields to the innermost `context` block, for the rest of it (a hot run's id, known
-    once the run has something to write); tasks it started see them too."""
-    current = _fields.get()
-    if current is not None:
-        current.update(fields)
 
 
 class _ContextFilter(logging.Filter):

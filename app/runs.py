@@ -95,7 +95,6 @@ class Resources:
     engine: AsyncEngine
     client: client_module.WorkspaceClient
     settings: settings_module.Settings
-    owner: str
 
 
 SeenCounter = Callable[[list[str], list[str], dict[str, int | None]], int]  # Listing.see
@@ -130,9 +129,8 @@ class Run:
 
     resources: Resources
     project: settings_module.Project
-    # Every write of the run goes through the lock's connection, one at a time: a write can
-    # only happen while this session holds the lock (if the connection dies, the lock and the
-    # write go with it), and no write pays for a pool checkout or a separate lock check.
+    # Every write goes through the lock's connection, one at a time: only while this session
+    # holds the lock (if it dies, lock and write go together), with no pool checkout or check.
     conn: AsyncConnection
     run_id: int | None = None
     known: store.KnownState = field(default_factory=store.KnownState)
@@ -161,10 +159,8 @@ class Run:
         )
 
     def transform(self, page: client_module.Page, where: str) -> items.PageTriage:
-        """Sort a page out against the known state; log and count the rejected items.
-
-        If an item to be stored holds a float (which may be an integer the fast decoder
-        rounded), the exactly decoded page is sorted out instead."""
+        """Sort a page out against the known state (decoded exactly if an item to store holds a
+        float, which may be an integer the fast decoder rounded); log and count the rejected."""
         sorted_out = items.triage(page.items, self.known.hashes)
         if sorted_out.holds_float and page.body is not None:
             sorted_out = items.triage(page.exact().items, self.known.hashes)

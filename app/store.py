@@ -65,9 +65,8 @@ async def connect(engine: AsyncEngine, *, begin: bool = False) -> AsyncIterator[
 async def advisory_lock(
     engine: AsyncEngine, lock_class: int, project_id: str
 ) -> AsyncIterator[AsyncConnection | None]:
-    """Try a session-level advisory lock of the project (`lock_class`: PROJECT_LOCK_CLASS or
-    SCHEDULE_LOCK_CLASS) on a connection of its own and hold it until exit; None when another
-    session holds it. Taking it is inside the boundary; releasing it never raises."""
+    """Hold a session-level advisory lock (PROJECT_LOCK_CLASS or SCHEDULE_LOCK_CLASS) of the
+    project on a connection of its own until exit, or None: another session holds it."""
     key = {"cls": lock_class, "project_id": project_id}
     with database_errors():
         conn = await engine.connect()
@@ -544,7 +543,7 @@ async def touch_status_seen(
     )
 
 
-# -- the schedule -------------------------------------------------------------------------
+# -- runs and the schedule ----------------------------------------------------------------
 
 
 async def newest_full_run_started(conn: AsyncConnection, project_id: str) -> datetime | None:
@@ -580,9 +579,6 @@ LEFT JOIN LATERAL (
         {"project_ids": list(project_ids)},
     )
     return {row[0]: row[1] for row in rows}
-
-
-# -- runs ---------------------------------------------------------------------------------
 
 
 async def abandon_stale_runs(conn: AsyncConnection, project_id: str) -> int:

@@ -18,8 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import client as client_module
 from app import deletion, errors, hotlane, logs, runs, store
 from app import settings as settings_module
-
-# The run's value types, kept here for the code that knows them as sync.*.
 from app.runs import Progress, ProgressHook, RunCounts, RunResult, process_owner
 
 log = logging.getLogger("app.sync")
@@ -42,10 +40,8 @@ class Syncer:
         on_progress: ProgressHook | None = None,
         on_finished: Callable[[RunResult], None] | None = None,
     ) -> None:
-        self._resources = runs.Resources(
-            engine=engine, client=client, settings=settings, owner=process_owner()
-        )
-        self._settings = settings
+        self._resources = runs.Resources(engine=engine, client=client, settings=settings)
+        self._settings = self._resources.settings
         self._on_progress = on_progress
         self._on_finished = on_finished
 
@@ -98,7 +94,7 @@ class Syncer:
             await store.ensure_project(conn, pid, run.project.region)
             abandoned = await store.abandon_stale_runs(conn, pid)
             run.run_id = await store.start_run(
-                conn, project_id=pid, started_at=listing_started, owner=self._resources.owner
+                conn, project_id=pid, started_at=listing_started, owner=process_owner()
             )
         result.run_id = run.run_id
         with logs.context(run_id=run.run_id):
