@@ -15,25 +15,21 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import client, db, errors, health, metrics, runtime, store, sync
+from app import client, db, errors, health, logs, metrics, runtime, store, sync
 from app import settings as settings_module
 
 log = logging.getLogger("app.daemon")
 
 GRACE_VARIABLE = "SNAPSYNC_SHUTDOWN_GRACE"
 DEFAULT_SHUTDOWN_GRACE = 30.0
-# Advisory lock namespace (first key) of the schedule lock; the Syncer's is "SNAP".
-SCHEDULE_LOCK_CLASS = 0x534E_5343  # "SNSC"
 # How often the database is probed while it answers, and the longest pause while it does not.
 PROBE_SECONDS = 5.0
 FIRST_RETRY_SECONDS = 0.5
@@ -45,29 +41,6 @@ HOT_LANE_CONCURRENCY = 4
 SNAPSHOT_COUNTS_CACHE = 10.0
 # After the grace period, how long cancelled syncs get to write their run rows.
 CANCEL_TIMEOUT = 10.0
-
-TRY_SCHEDULE_LOCK = text("SELECT pg_try_advisory_lock(:cls, hashtext(:project_id))")
-SCHEDULE_UNLOCK = text("SELECT pg_advisory_unlock(:cls, hashtext(:project_id))")
-NEWEST_RUN_STARTED = text(
-    "SELECT started_at FROM sync_runs WHERE project_id = :project_id AND kind = 'full' "
-    "ORDER BY started_at DESC LIMIT 1"
-)
-LAST_SUCCESSES = text(
-    """
-SELECT p.project_id, s.finished_at
-FROM unnest(CAST(:project_ids AS text[])) AS p(project_id)
-LEFT JOIN LATERAL (
-    SELECT r.finished_at
-    FROM sync_runs AS r
-    WHERE r.project_id = p.project_id AND r.status = 'succeeded' AND r.kind = 'full'
-    ORDER BY r.started_at DESC
-    LIMIT 1
-) AS s ON true
-"""
-)
-
-ProgressHook = Callable[[sync.Progress], None]
-FinishedHook = Callable[[sync.RunResult], None]
 
 
 # -- the schedule policy (pure) ----------------------------------------------------------------
@@ -124,8 +97,8 @@ class Daemon:
         *,
         projects: Sequence[settings_module.Project] | None = None,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
-        on_progress: ProgressHook | None = None,
-        on_finished: FinishedHook | None = None,
+        on_progress: sync.ProgressHook | None = None,
+        on_finished: Callable[[sync.RunResult], None] | None = None,
         serve_http: bool = True,
         handle_signals: bool = True,
     ) -> None:
@@ -286,10 +259,9 @@ class Daemon:
             return
         self._counts_dirty = False
         try:
-            async with asyncio.timeout(DB_CHECK_TIMEOUT):
-                async with engine.connect() as conn:
-                    await view.refresh_by_status(conn)
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            async with asyncio.timeout(DB_CHECK_TIMEOUT), store.connect(engine) as conn:
+                await view.refresh_by_status(conn)
+        except (errors.DatabaseError, TimeoutError) as exc:
             self._database_failed(exc)
 
     # -- scheduling -----------------------------------------------------------------------------
@@ -338,14 +310,11 @@ class Daemon:
         if self._stopping or not self._db_ok or engine is None or syncer is None:
             return
         assert workspace is not None
-        task = asyncio.current_task()
-        assert task is not None
-        self._active.add(task)
-        try:
+        with self._tracked("the hot lane"):
             try:
-                async with asyncio.timeout(DB_CHECK_TIMEOUT), engine.connect() as conn:
+                async with asyncio.timeout(DB_CHECK_TIMEOUT), store.connect(engine) as conn:
                     counts = await store.in_flight_counts(conn)
-            except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            except (errors.DatabaseError, TimeoutError) as exc:
                 self._database_failed(exc)
                 return
             for project in self._projects:
@@ -377,13 +346,6 @@ class Daemon:
                     await self._count_transitions(project, result)
 
             await asyncio.gather(*(poll(p) for p in hot), return_exceptions=False)
-        except asyncio.CancelledError:
-            if not self._stopping:
-                raise
-        except Exception:
-            log.exception("unexpected error in the hot lane")
-        finally:
-            self._active.discard(task)
 
     def _run_jobs_now(self) -> None:
         """Bring every job's next firing forward (after the database came back)."""
@@ -404,20 +366,26 @@ class Daemon:
         """One firing of a project's job."""
         if self._stopping:
             return
-        task = asyncio.current_task()
-        assert task is not None
-        self._active.add(task)
-        try:
+        with logs.context(project_id=project.project_id), self._tracked("a scheduled sync"):
             async with self._gate:
                 if self._stopping:
                     return
                 await self._sync_if_due(project)
+
+    @contextlib.contextmanager
+    def _tracked(self, what: str) -> Iterator[None]:
+        """Count the task among the running ones, log its error; an interruption by the shutdown
+        after the grace period ends it quietly (the Syncer closed a sync's run row)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._active.add(task)
+        try:
+            yield
         except asyncio.CancelledError:
             if not self._stopping:
                 raise
-            # Interrupted by the shutdown after the grace period; the Syncer closed the run.
         except Exception:
-            log.exception("unexpected error in a scheduled sync", extra=_extra(project))
+            log.exception("unexpected error in %s", what)
         finally:
             self._active.discard(task)
 
@@ -430,28 +398,13 @@ class Daemon:
         engine, syncer = self._engine, self._syncer
         assert engine is not None and syncer is not None
         try:
-            conn = await engine.connect()
-        except (SQLAlchemyError, OSError) as exc:
-            self._database_failed(exc)
-            checks.labels(pid, "database_down").inc()
-            return
-        result: sync.RunResult | None = None
-        try:
-            try:
-                await conn.execution_options(isolation_level="AUTOCOMMIT")
-                locked = await conn.scalar(
-                    TRY_SCHEDULE_LOCK, {"cls": SCHEDULE_LOCK_CLASS, "project_id": pid}
-                )
-                if not locked:
+            async with store.advisory_lock(engine, store.SCHEDULE_LOCK_CLASS, pid) as conn:
+                if conn is None:
                     checks.labels(pid, "busy").inc()
                     return
-                newest = await conn.scalar(NEWEST_RUN_STARTED, {"project_id": pid})
-            except (SQLAlchemyError, OSError) as exc:
-                self._database_failed(exc)
-                checks.labels(pid, "database_down").inc()
-                await _discard(conn)
-                return
-            try:
+                with store.database_errors():
+                    newest = await store.newest_full_run_started(conn, pid)
+                    await conn.commit()
                 if self._stopping:
                     return
                 if not is_due(newest, datetime.now(UTC), self._interval):
@@ -463,11 +416,11 @@ class Daemon:
                     result = await syncer.sync_project(project, wait_for_lock=False)
                 finally:
                     self.metrics.syncs_in_progress.dec()
-            finally:
-                await _unlock(conn, pid)
-        finally:
-            with contextlib.suppress(SQLAlchemyError, OSError):
-                await asyncio.shield(conn.close())
+        except errors.DatabaseError as exc:
+            # Only the lock and the newest run's start raise it: sync_project never does.
+            self._database_failed(exc)
+            checks.labels(pid, "database_down").inc()
+            return
         await self._after_sync(project, result)
 
     async def _after_sync(self, project: settings_module.Project, result: sync.RunResult) -> None:
@@ -479,13 +432,13 @@ class Daemon:
             # The firings during the sync were skipped; waiting for the next one would sync
             # the project at most every second interval. (A failed sync waits: the API may
             # be struggling.)
-            log.info(
-                "the sync took %.1fs, longer than SNAPSYNC_SYNC_INTERVAL (%gs); "
-                "the next one starts now",
-                result.seconds,
-                self._interval,
-                extra=_extra(project, result.run_id),
-            )
+            with logs.context(run_id=result.run_id):
+                log.info(
+                    "the sync took %.1fs, longer than SNAPSYNC_SYNC_INTERVAL (%gs); "
+                    "the next one starts now",
+                    result.seconds,
+                    self._interval,
+                )
             task = asyncio.current_task()
             if task is not None:
                 # After APScheduler's own done callback, which ends this job's instance:
@@ -501,15 +454,11 @@ class Daemon:
         if engine is None or result.run_id is None or result.counts.transitions == 0:
             return
         try:
-            async with asyncio.timeout(DB_CHECK_TIMEOUT):
-                async with engine.connect() as conn:
-                    await self.metrics.count_transitions(conn, result)
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
-            log.warning(
-                "could not count the status transitions of the run: %s",
-                _describe(exc),
-                extra=_extra(project, result.run_id),
-            )
+            async with asyncio.timeout(DB_CHECK_TIMEOUT), store.connect(engine) as conn:
+                await self.metrics.count_transitions(conn, result)
+        except (errors.DatabaseError, TimeoutError) as exc:
+            with logs.context(project_id=project.project_id, run_id=result.run_id):
+                log.warning("could not count the status transitions of the run: %s", _describe(exc))
 
     # -- hooks ------------------------------------------------------------------------------------
 
@@ -565,7 +514,7 @@ class Daemon:
                     return False
                 continue
             self._db_ok, self._db_error = True, None
-            with contextlib.suppress(SQLAlchemyError, OSError, TimeoutError):
+            with contextlib.suppress(errors.DatabaseError, TimeoutError):
                 await self._observe(engine)
             return True
 
@@ -575,12 +524,8 @@ class Daemon:
 
     async def _observe(self, engine: AsyncEngine) -> None:
         """One probe: the database answers, and when each project last succeeded."""
-        async with asyncio.timeout(DB_CHECK_TIMEOUT):
-            async with engine.connect() as conn:
-                rows = await conn.execute(
-                    LAST_SUCCESSES, {"project_ids": [p.project_id for p in self._projects]}
-                )
-                found: dict[str, datetime | None] = {row[0]: row[1] for row in rows}
+        async with asyncio.timeout(DB_CHECK_TIMEOUT), store.connect(engine) as conn:
+            found = await store.last_successes(conn, [p.project_id for p in self._projects])
         for pid, when in found.items():
             mine = self._last_success.get(pid)
             if mine is None or (when is not None and when > mine):
@@ -593,7 +538,7 @@ class Daemon:
         while not self._stopping:
             try:
                 await self._observe(engine)
-            except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            except (errors.DatabaseError, TimeoutError) as exc:
                 failures += 1
                 self._database_failed(exc)
                 delay = retry_delay(failures)
@@ -691,29 +636,5 @@ async def _wait_event(event: asyncio.Event, seconds: float) -> None:
             await event.wait()
 
 
-async def _unlock(conn: AsyncConnection, project_id: str) -> None:
-    """Release the schedule lock; a connection that cannot must not go back to the pool."""
-    try:
-        await asyncio.shield(
-            conn.execute(SCHEDULE_UNLOCK, {"cls": SCHEDULE_LOCK_CLASS, "project_id": project_id})
-        )
-    except (SQLAlchemyError, OSError):
-        await _discard(conn)
-
-
-async def _discard(conn: AsyncConnection) -> None:
-    with contextlib.suppress(SQLAlchemyError, OSError):
-        await conn.invalidate()
-
-
-def _extra(project: settings_module.Project, run_id: int | None = None) -> dict[str, Any]:
-    extra: dict[str, Any] = {"project_id": project.project_id}
-    if run_id is not None:
-        extra["run_id"] = run_id
-    return extra
-
-
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"no answer within {DB_CHECK_TIMEOUT:g}s"
-    return db.describe_db_error(exc)
+    return f"no answer within {DB_CHECK_TIMEOUT:g}s" if isinstance(exc, TimeoutError) else str(exc)

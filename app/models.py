@@ -29,8 +29,6 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-RUN_STATUSES = ("running", "succeeded", "failed", "abandoned")
-
 TZ = DateTime(timezone=True)
 
 
@@ -38,7 +36,7 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class Project(Base):
+class ProjectRow(Base):
     """Per-project sync state: what the newest complete listing was and when it started."""
 
     __tablename__ = "projects"
