@@ -358,11 +358,12 @@ RECORD_COLUMNS = (
 INSERT_PROJECTS = """
 INSERT INTO projects (project_id, region, last_listing_at, last_listing_run_id, api_total_count,
                       updated_at)
-SELECT pr.project_id, pr.region, run_at(pr.p, c.t), run_id(pr.p, c.t),
-       (SELECT count(*) FROM bench_live AS l WHERE l.project_id = pr.project_id),
+SELECT pr.project_id, pr.region, run_at(pr.p, c.t), run_id(pr.p, c.t), COALESCE(l.live, 0),
        run_at(pr.p, c.t) + interval '5 s'
 FROM bench_project AS pr
 CROSS JOIN LATERAL (SELECT CASE WHEN run_failed(pr.p, 0) THEN -1 ELSE 0 END AS t) AS c
+LEFT JOIN (SELECT project_id, count(*) AS live FROM bench_live GROUP BY project_id) AS l
+    ON l.project_id = pr.project_id
 ORDER BY pr.project_id;
 """
 
