@@ -273,6 +273,31 @@ def status(as_json: bool) -> None:
             click.echo(status_module.render_text(statuses, now))
 
 
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Count what would be removed; remove nothing.")
+def prune(dry_run: bool) -> None:
+    """Apply the retention settings now (old runs, long-deleted snapshots)."""
+    from app import db, retention
+
+    with reported_errors():
+        settings = load()
+        policy = settings.retention_policy()
+
+        async def go() -> retention.Outcome:
+            async with db.open_engine(settings, pool_size=1) as engine:
+                await db.check_schema(engine)
+                try:
+                    return await retention.prune(engine, policy, dry_run=dry_run)
+                except errors.SnapsyncError:
+                    raise
+                except Exception as exc:
+                    fail(f"prune failed: {db.describe_db_error(exc)}", EXIT_FAILED)
+
+        outcome = run_async(go)
+    for line in outcome.lines(policy):
+        click.echo(line)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="snapsync")

@@ -41,6 +41,7 @@ FIRST_RETRY_SECONDS = 0.5
 MAX_RETRY_SECONDS = 30.0
 DB_CHECK_TIMEOUT = 5.0
 HOT_LANE_JOB = "hot-lane"
+PRUNE_JOB = "retention"
 HOT_LANE_CONCURRENCY = 4
 # /metrics re-reads the snapshot counts at most this often (and after syncs).
 SNAPSHOT_COUNTS_CACHE = 10.0
@@ -325,6 +326,7 @@ class Daemon:
             misfire_grace_time=None,
             next_run_time=now + timedelta(seconds=self._settings.hot_interval),
         )
+        self._add_prune_job(scheduler, now)
         scheduler.start()
         log.info(
             "syncing %d project(s) every %gs (jitter %gs), at most %d at once",
@@ -387,6 +389,46 @@ class Daemon:
                 raise
         except Exception:
             log.exception("unexpected error in the hot lane")
+        finally:
+            self._active.discard(task)
+
+    # -- retention ----------------------------------------------------------------------------
+
+    def _add_prune_job(self, scheduler: AsyncIOScheduler, now: datetime) -> None:
+        interval = self._settings.prune_interval
+        scheduler.add_job(
+            self._prune_job,
+            IntervalTrigger(seconds=interval, timezone=UTC),
+            id=PRUNE_JOB,
+            name="retention",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            next_run_time=now + timedelta(seconds=min(interval, 60.0)),
+        )
+
+    async def _prune_job(self) -> None:
+        """Apply the retention settings in small batches (app/retention.py); every replica may
+        run it: batches take their rows with SKIP LOCKED."""
+        from app import retention
+
+        engine = self._engine
+        if self._stopping or not self._db_ok or engine is None:
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._active.add(task)
+        try:
+            await retention.prune(
+                engine, self._settings.retention_policy(), stopping=lambda: self._stopping
+            )
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("retention failed, will try again: %s", db.describe_db_error(exc))
+        except Exception:
+            log.exception("unexpected error in retention")
         finally:
             self._active.discard(task)
 
