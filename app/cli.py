@@ -249,7 +249,14 @@ def select_projects(
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def status(as_json: bool) -> None:
+@click.option(
+    "--project",
+    "project_ids",
+    multiple=True,
+    metavar="ID",
+    help="Only this project (shown in full); repeatable.",
+)
+def status(as_json: bool, project_ids: tuple[str, ...]) -> None:
     """Per project: last run, outcome and counts, age of the last success, snapshots."""
     from app import db
     from app import status as status_module
@@ -260,17 +267,18 @@ def status(as_json: bool) -> None:
         async def go() -> list[status_module.ProjectStatus]:
             async with db.open_engine(settings, pool_size=1) as engine:
                 await db.check_schema(engine)
-                return await status_module.collect(engine)
+                return await status_module.collect(engine, project_ids=list(project_ids))
 
         statuses = run_async(go)
     now = datetime.now(UTC)
     if as_json:
         click.echo(json.dumps([s.as_json(now) for s in statuses], indent=2))
     else:
+        detail = bool(project_ids) or len(statuses) <= status_module.DETAILED_UP_TO
         if sys.stdout.isatty():
-            status_module.print_report(statuses, now)
+            status_module.print_report(statuses, now, detail=detail)
         else:
-            click.echo(status_module.render_text(statuses, now))
+            click.echo(status_module.render_text(statuses, now, detail=detail))
 
 
 @cli.command()
