@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import TextClause, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 log = logging.getLogger("snapsync.retention")
 
@@ -165,6 +165,36 @@ def _cutoff(now: datetime, days: float | None) -> datetime | None:
     return None if days is None else now - timedelta(days=days)
 
 
+async def _in_batches(
+    conn: AsyncConnection,
+    statement: TextClause,
+    cutoff: datetime,
+    policy: Policy,
+    stopping: Callable[[], bool],
+    history: Outcome | None = None,
+) -> tuple[int, int]:
+    """Run `statement` one committed batch at a time until a batch comes back short; returns
+    (rows removed, batches). PRUNE_DELETED also counts the history rows into `history`."""
+    removed = batches = 0
+    while not stopping():
+        async with conn.begin():
+            rows = (
+                await conn.execute(statement, {"cutoff": cutoff, "batch": policy.batch_size})
+            ).all()
+        if history is not None:
+            (row,) = rows
+            n = int(row.snapshots)
+            history.history += int(row.history)
+        else:
+            n = len(rows)
+        removed += n
+        batches += 1
+        if n < policy.batch_size:
+            break
+        await asyncio.sleep(policy.pause)
+    return removed, batches
+
+
 async def prune(
     engine: AsyncEngine,
     policy: Policy,
@@ -192,33 +222,16 @@ async def prune(
                 outcome.snapshots, outcome.history = int(row.snapshots), int(row.history)
             await conn.rollback()
         else:
-            while outcome.runs_cutoff is not None and not stopping():
-                async with conn.begin():
-                    ids = (
-                        await conn.execute(
-                            PRUNE_RUNS,
-                            {"cutoff": outcome.runs_cutoff, "batch": policy.batch_size},
-                        )
-                    ).all()
-                outcome.runs += len(ids)
-                outcome.batches += 1
-                if len(ids) < policy.batch_size:
-                    break
-                await asyncio.sleep(policy.pause)
-            while outcome.deleted_cutoff is not None and not stopping():
-                async with conn.begin():
-                    row = (
-                        await conn.execute(
-                            PRUNE_DELETED,
-                            {"cutoff": outcome.deleted_cutoff, "batch": policy.batch_size},
-                        )
-                    ).one()
-                outcome.snapshots += int(row.snapshots)
-                outcome.history += int(row.history)
-                outcome.batches += 1
-                if int(row.snapshots) < policy.batch_size:
-                    break
-                await asyncio.sleep(policy.pause)
+            if outcome.runs_cutoff is not None:
+                outcome.runs, batches = await _in_batches(
+                    conn, PRUNE_RUNS, outcome.runs_cutoff, policy, stopping
+                )
+                outcome.batches += batches
+            if outcome.deleted_cutoff is not None:
+                outcome.snapshots, batches = await _in_batches(
+                    conn, PRUNE_DELETED, outcome.deleted_cutoff, policy, stopping, outcome
+                )
+                outcome.batches += batches
     outcome.seconds = time.monotonic() - started
     if not dry_run and (outcome.runs or outcome.snapshots):
         log.info(

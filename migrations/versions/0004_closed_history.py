@@ -63,31 +63,9 @@ def nonneg(interval: str) -> str:
     return f"CASE WHEN {interval} < interval '0' THEN interval '0' ELSE {interval} END"
 
 
-# Same columns as 0002's window version; the next row's facts are read from the row itself.
-SNAPSHOT_STATUS_INTERVALS = f"""
-CREATE OR REPLACE VIEW snapshot_status_intervals AS
-SELECT b.project_id,
-       b.snapshot_id,
-       b.desktop_id,
-       b.desktop_name,
-       b.is_system_disk,
-       b.status,
-       b.previous_status,
-       b.next_status,
-       b.entered_after,
-       b.entered_by,
-       b.left_after,
-       b.left_by,
-       b.is_current,
-       b.confirmed_until,
-       b.min_duration,
-       b.max_duration,
-       extract(epoch FROM b.min_duration)::double precision AS min_seconds,
-       extract(epoch FROM b.max_duration)::double precision AS max_seconds,
-       b.history_id,
-       b.next_history_id,
-       b.sync_run_id
-FROM (
+# Same columns as 0002's window version (its outer SELECT is reused); the next row's facts are
+# read from the row itself.
+_INTERVALS_INNER = f"""
     SELECT h.project_id,
            h.snapshot_id,
            s.desktop_id,
@@ -117,8 +95,21 @@ FROM (
                    ELSE GREATEST(h.observed_at, s.last_seen_at)
                END AS confirmed_until
     ) AS c
-) AS b
 """
+
+
+def _replaced(name: str, opening: str, closing: str, inner: str) -> str:
+    """0002's view `name` with the text between `opening` and `closing` replaced by `inner`."""
+    old: str = getattr(_module("0002_reporting_surface.py"), name)
+    start = old.index(opening) + len(opening)
+    end = old.rindex(closing)
+    view = old[:start] + inner.strip("\n") + "\n" + old[end:]
+    return view.replace("CREATE VIEW", "CREATE OR REPLACE VIEW", 1)
+
+
+def _status_intervals() -> str:
+    return _replaced("SNAPSHOT_STATUS_INTERVALS", "FROM (\n", ") AS b", _INTERVALS_INNER)
+
 
 # A creation is read from the snapshot's first-sighting row: seen `creating`, it ended when that
 # row was closed (its next row is the first in another status); seen in any other status, it
@@ -164,11 +155,9 @@ _CREATIONS = f"""
 
 
 def _operation_durations() -> str:
-    old: str = _module("0002_reporting_surface.py").SNAPSHOT_OPERATION_DURATIONS
-    start = old.index("WITH creations AS (\n") + len("WITH creations AS (\n")
-    end = old.index("),\nrestores AS (")
-    view = old[:start] + _CREATIONS.strip("\n") + "\n" + old[end:]
-    return view.replace("CREATE VIEW", "CREATE OR REPLACE VIEW", 1)
+    return _replaced(
+        "SNAPSHOT_OPERATION_DURATIONS", "WITH creations AS (\n", "),\nrestores AS (", _CREATIONS
+    )
 
 
 SUCCESSFUL = "('create_success', 'restoring', 'restore_success', 'restore_failed')"
@@ -453,7 +442,7 @@ def upgrade() -> None:
             backfill(connection)
             _create_indexes(connection)
             for view in (
-                SNAPSHOT_STATUS_INTERVALS,
+                _status_intervals(),
                 _operation_durations(),
                 DESKTOP_SNAPSHOT_COVERAGE,
             ):
