@@ -41,7 +41,6 @@ FIRST_RETRY_SECONDS = 0.5
 MAX_RETRY_SECONDS = 30.0
 DB_CHECK_TIMEOUT = 5.0
 HOT_LANE_JOB = "hot-lane"
-PRUNE_JOB = "retention"
 HOT_LANE_CONCURRENCY = 4
 # /metrics re-reads the snapshot counts at most this often (and after syncs).
 SNAPSHOT_COUNTS_CACHE = 10.0
@@ -145,6 +144,7 @@ class Daemon:
         self._client: client.WorkspaceClient | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._scheduler_stopped = False
+        self._prune_task: asyncio.Task[None] | None = None
         self._server: health.Server | None = None
         self._gate = asyncio.Semaphore(settings.max_concurrent_projects)
         self._active: set[asyncio.Task[Any]] = set()
@@ -326,7 +326,7 @@ class Daemon:
             misfire_grace_time=None,
             next_run_time=now + timedelta(seconds=self._settings.hot_interval),
         )
-        self._add_prune_job(scheduler, now)
+        self._prune_task = asyncio.create_task(self._prune_loop(), name="retention")
         scheduler.start()
         log.info(
             "syncing %d project(s) every %gs (jitter %gs), at most %d at once",
@@ -394,18 +394,16 @@ class Daemon:
 
     # -- retention ----------------------------------------------------------------------------
 
-    def _add_prune_job(self, scheduler: AsyncIOScheduler, now: datetime) -> None:
+    async def _prune_loop(self) -> None:
+        """Retention beside the scheduler's jobs: a minute after start (or the interval, when
+        shorter), then every SNAPSYNC_PRUNE_INTERVAL, until the daemon stops."""
         interval = self._settings.prune_interval
-        scheduler.add_job(
-            self._prune_job,
-            IntervalTrigger(seconds=interval, timezone=UTC),
-            id=PRUNE_JOB,
-            name="retention",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=None,
-            next_run_time=now + timedelta(seconds=min(interval, 60.0)),
-        )
+        if await self._stopped_within(min(interval, 60.0)):
+            return
+        while True:
+            await self._prune_job()
+            if await self._stopped_within(interval):
+                return
 
     async def _prune_job(self) -> None:
         """Apply the retention settings in small batches (app/retention.py); every replica may
