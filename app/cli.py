@@ -221,7 +221,14 @@ def select_projects(
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def status(as_json: bool) -> None:
+@click.option(
+    "--project",
+    "project_ids",
+    multiple=True,
+    metavar="ID",
+    help="Only this project (shown in full); repeatable.",
+)
+def status(as_json: bool, project_ids: tuple[str, ...]) -> None:
     """Per project: last run, outcome and counts, age of the last success, snapshots."""
     from app import db
     from app import status as status_module
@@ -232,17 +239,42 @@ def status(as_json: bool) -> None:
         async def go() -> list[status_module.ProjectStatus]:
             async with db.open_engine(settings, pool_size=1) as engine:
                 await db.check_schema(engine)
-                return await status_module.collect(engine)
+                return await status_module.collect(engine, project_ids=list(project_ids))
 
         statuses = run_async(go)
     now = datetime.now(UTC)
     if as_json:
         click.echo(json.dumps([s.as_json(now) for s in statuses], indent=2))
     else:
+        detail = bool(project_ids) or len(statuses) <= status_module.DETAILED_UP_TO
         if sys.stdout.isatty():
-            status_module.print_report(statuses, now)
+            status_module.print_report(statuses, now, detail=detail)
         else:
-            click.echo(status_module.render_text(statuses, now))
+            click.echo(status_module.render_text(statuses, now, detail=detail))
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Count what would be removed; remove nothing.")
+def prune(dry_run: bool) -> None:
+    """Apply the retention settings now (old runs, long-deleted snapshots)."""
+    from app import db, retention, store
+
+    with reported_errors():
+        settings = load()
+        policy = settings.retention_policy()
+
+        async def go() -> retention.Outcome:
+            async with db.open_engine(settings, pool_size=1) as engine:
+                await db.check_schema(engine)
+                try:
+                    with store.database_errors():
+                        return await retention.prune(engine, policy, dry_run=dry_run)
+                except errors.DatabaseError as exc:
+                    fail(f"prune failed: {exc}", EXIT_FAILED)
+
+        outcome = run_async(go)
+    for line in outcome.lines(policy):
+        click.echo(line)
 
 
 @cli.command(name="run")

@@ -116,6 +116,7 @@ class Daemon:
         self._client: client.WorkspaceClient | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._scheduler_stopped = False
+        self._prune_task: asyncio.Task[None] | None = None
         self._server: health.Server | None = None
         self._gate = asyncio.Semaphore(settings.max_concurrent_projects)
         self._active: set[asyncio.Task[Any]] = set()
@@ -292,6 +293,7 @@ class Daemon:
             misfire_grace_time=None,
             next_run_time=now + timedelta(seconds=self._settings.hot_interval),
         )
+        self._prune_task = asyncio.create_task(self._prune_loop(), name="retention")
         scheduler.start()
         log.info(
             "syncing %d project(s) every %gs (jitter %gs), at most %d at once",
@@ -346,6 +348,45 @@ class Daemon:
                     await self._count_transitions(project, result)
 
             await asyncio.gather(*(poll(p) for p in hot), return_exceptions=False)
+
+    # -- retention ----------------------------------------------------------------------------
+
+    async def _prune_loop(self) -> None:
+        """Retention beside the scheduler's jobs: a minute after start (or the interval, when
+        shorter), then every SNAPSYNC_PRUNE_INTERVAL, until the daemon stops."""
+        interval = self._settings.prune_interval
+        if await self._stopped_within(min(interval, 60.0)):
+            return
+        while True:
+            await self._prune_job()
+            if await self._stopped_within(interval):
+                return
+
+    async def _prune_job(self) -> None:
+        """Apply the retention settings in small batches (app/retention.py); every replica may
+        run it: batches take their rows with SKIP LOCKED."""
+        from app import retention
+
+        engine = self._engine
+        if self._stopping or not self._db_ok or engine is None:
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._active.add(task)
+        try:
+            with store.database_errors():
+                await retention.prune(
+                    engine, self._settings.retention_policy(), stopping=lambda: self._stopping
+                )
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+        except errors.DatabaseError as exc:
+            log.warning("retention failed, will try again: %s", exc)
+        except Exception:
+            log.exception("unexpected error in retention")
+        finally:
+            self._active.discard(task)
 
     def _run_jobs_now(self) -> None:
         """Bring every job's next firing forward (after the database came back)."""

@@ -148,6 +148,24 @@ ANNOUNCE_TRANSITIONS = """(SELECT count(*) FROM (
     WHERE t.n > 0
 ) AS sent)"""
 
+# A CTE of UPSERT_PAGE and MARK_MISSING, after `history`: each new history row closes the
+# snapshot's open one (left_by IS NULL) with the closing facts, in the same statement, so the
+# views read periods and durations from the row instead of pairing rows with a window. The
+# UPDATE sees the table as it was before the statement, so the rows just written stay open.
+# The array keeps the lookups on ix_snapshot_status_history_snapshot whatever the statistics.
+CLOSE_HISTORY = """closed AS (
+    UPDATE snapshot_status_history AS c SET
+        next_id = n.id,
+        next_status = n.to_status,
+        left_after = n.previous_observed_at,
+        left_by = n.observed_at
+    FROM history AS n
+    WHERE c.project_id = :project_id
+      AND c.snapshot_id = ANY(ARRAY(SELECT snapshot_id FROM history))
+      AND c.snapshot_id = n.snapshot_id
+      AND c.left_by IS NULL
+)"""
+
 UPSERT_PAGE = text(
     """
 WITH incoming AS (
@@ -177,7 +195,7 @@ WITH incoming AS (
 ),
 old AS (
     SELECT r.snapshot_id, r.status, r.deleted_at, r.missed_listings, r.last_seen_at,
-           r.status_seen_at, r.raw
+           r.status_seen_at, r.raw, r.desktop_id
     FROM snapshot_records AS r
     -- An array, not a join: a join lets the planner hash the project's every row when its
     -- statistics are stale (a first sync), which made each page cost O(project size).
@@ -229,7 +247,7 @@ upserted AS (
     WHERE r.content_hash IS DISTINCT FROM EXCLUDED.content_hash
        OR r.deleted_at IS NOT NULL
        OR r.missed_listings <> 0
-    RETURNING r.snapshot_id, r.status, r.process, r.raw
+    RETURNING r.snapshot_id, r.status, r.process, r.raw, r.desktop_id
 ),
 history AS (
     INSERT INTO snapshot_status_history (
@@ -252,7 +270,20 @@ history AS (
     LEFT JOIN old AS o ON o.snapshot_id = u.snapshot_id
     WHERE o.snapshot_id IS NULL OR o.deleted_at IS NOT NULL OR o.status IS DISTINCT FROM u.status
     ORDER BY u.snapshot_id
-    RETURNING id, from_status, to_status
+    RETURNING id, snapshot_id, from_status, to_status, observed_at, previous_observed_at
+),
+"""
+    + CLOSE_HISTORY
+    + """,
+desktops AS (
+    -- The rows of desktop_snapshot_coverage: a desktop is new when a snapshot of it is.
+    INSERT INTO snapshot_desktops (project_id, desktop_id)
+    SELECT DISTINCT :project_id, u.desktop_id
+    FROM upserted AS u
+    LEFT JOIN old AS o ON o.snapshot_id = u.snapshot_id
+    WHERE u.desktop_id IS NOT NULL
+      AND (o.snapshot_id IS NULL OR o.desktop_id IS DISTINCT FROM u.desktop_id)
+    ON CONFLICT DO NOTHING
 )
 SELECT
     (SELECT count(*) FROM upserted AS u LEFT JOIN old AS o ON o.snapshot_id = u.snapshot_id
@@ -294,8 +325,11 @@ history AS (
     FROM missed AS m
     WHERE m.deleted_at IS NOT NULL
     ORDER BY m.snapshot_id
-    RETURNING id, from_status, to_status
-)
+    RETURNING id, snapshot_id, from_status, to_status, observed_at, previous_observed_at
+),
+"""
+    + CLOSE_HISTORY
+    + """
 SELECT (SELECT count(*) FROM missed) AS missed, (SELECT count(*) FROM history) AS deleted,
     """
     + ANNOUNCE_TRANSITIONS
