@@ -199,7 +199,7 @@ old AS (
     FROM snapshot_records AS r
     -- An array, not a join: a join lets the planner hash the project's every row when its
     -- statistics are stale (a first sync), which made each page cost O(project size).
-    -- :absent says the caller knows none of the ids is stored (KnownState.complete): then
+    -- :absent says the caller knows none of the ids is stored (KnownState.no_deleted_rows): then
     -- there is nothing to look up.
     WHERE NOT CAST(:absent AS boolean)
       AND r.project_id = :project_id
