@@ -298,7 +298,7 @@ async def test_a_real_prometheus_reads_the_metrics_and_evaluates_every_expressio
 async def check_prometheus(
     server: Prometheus, daemon: RunningDaemon, sim: SimulatorControl, configured: str
 ) -> None:
-    projects = configured.split(",")
+    projects = [entry.split("@")[0] for entry in configured.split(",")]  # ID or ID@REGION
     forbidden, synced = projects[0], projects[1:]
 
     async def scraped() -> bool:
