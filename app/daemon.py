@@ -13,34 +13,44 @@ import asyncio
 import contextlib
 import logging
 import random
-import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import client, db, errors, health, logs, metrics, runtime, store, sync
+from app import (
+    client,
+    dbwatch,
+    errors,
+    health,
+    lifecycle,
+    logs,
+    metrics,
+    pruner,
+    runtime,
+    store,
+    sync,
+)
 from app import settings as settings_module
+from app.dbwatch import DB_CHECK_TIMEOUT
+
+# Re-exported: the backoff of the database probes, as the daemon's tests read it.
+from app.dbwatch import FIRST_RETRY_SECONDS as FIRST_RETRY_SECONDS
+from app.dbwatch import MAX_RETRY_SECONDS as MAX_RETRY_SECONDS
+from app.dbwatch import retry_delay as retry_delay
+from app.dbwatch import wait_event as _wait_event  # noqa: F401
 
 log = logging.getLogger("app.daemon")
+_T = TypeVar("_T")
 
 GRACE_VARIABLE = "SNAPSYNC_SHUTDOWN_GRACE"
 DEFAULT_SHUTDOWN_GRACE = 30.0
-# How often the database is probed while it answers, and the longest pause while it does not.
-PROBE_SECONDS = 5.0
-FIRST_RETRY_SECONDS = 0.5
-MAX_RETRY_SECONDS = 30.0
-DB_CHECK_TIMEOUT = 5.0
 HOT_LANE_JOB = "hot-lane"
 HOT_LANE_CONCURRENCY = 4
-# /metrics re-reads the snapshot counts at most this often (and after syncs).
-SNAPSHOT_COUNTS_CACHE = 10.0
-# After the grace period, how long cancelled syncs get to write their run rows.
-CANCEL_TIMEOUT = 10.0
 
 
 # -- the schedule policy (pure) ----------------------------------------------------------------
@@ -67,17 +77,22 @@ def is_due(newest_start: datetime | None, now: datetime, interval: float) -> boo
     return (now - newest_start).total_seconds() >= interval - slack_for(interval)
 
 
-def retry_delay(failures: int) -> float:
-    """Backoff between database probes after `failures` consecutive failures (>= 1)."""
-    return min(MAX_RETRY_SECONDS, FIRST_RETRY_SECONDS * 2.0 ** max(0, failures - 1))
-
-
 def shutdown_grace(settings: settings_module.Settings) -> float:
     """SNAPSYNC_SHUTDOWN_GRACE: seconds running syncs get to finish after a signal."""
     return float(settings.shutdown_grace)
 
 
 # -- the daemon ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _overrun_warnings_dropped() -> Iterator[None]:
+    overrun_filter = _DropOverrunWarning()
+    logging.getLogger("apscheduler.scheduler").addFilter(overrun_filter)
+    try:
+        yield
+    finally:
+        logging.getLogger("apscheduler.scheduler").removeFilter(overrun_filter)
 
 
 class _DropOverrunWarning(logging.Filter):
@@ -104,31 +119,38 @@ class Daemon:
     ) -> None:
         self._settings = settings
         self._projects = list(projects) if projects is not None else settings.require_projects()
-        self._grace = shutdown_grace
         self._extra_progress = on_progress
         self._extra_finished = on_finished
         self._serve_http = serve_http
         self._handle_signals = handle_signals
         self._interval = settings.sync_interval
         self.metrics = metrics.Metrics([p.project_id for p in self._projects])
-        self._engine: AsyncEngine | None = None
+        self._watch = dbwatch.DatabaseWatch(
+            project_ids=lambda: [p.project_id for p in self._projects],
+            metrics=self.metrics,
+            interval=self._interval,
+        )
+        self._lifecycle = lifecycle.Lifecycle(grace=shutdown_grace)
+        self._pruner = pruner.Pruner(
+            policy=settings.retention_policy,
+            interval=settings.prune_interval,
+            watch=self._watch,
+            tasks=self._lifecycle,
+        )
+        # The jobs below reach the parts under these names.
+        self._wake_monitor = self._watch.wake
+        self._database_failed = self._watch.failed
+        self._count_transitions = self._watch.count_transitions
+        self._active = self._lifecycle.active
+        self._tracked = self._lifecycle.tracked
+        self._prune_loop = self._pruner.loop
         self._syncer: sync.Syncer | None = None
         self._client: client.WorkspaceClient | None = None
         self._scheduler: AsyncIOScheduler | None = None
-        self._scheduler_stopped = False
         self._prune_task: asyncio.Task[None] | None = None
         self._server: health.Server | None = None
         self._gate = asyncio.Semaphore(settings.max_concurrent_projects)
-        self._active: set[asyncio.Task[Any]] = set()
-        self._stop_requested = asyncio.Event()
-        self._interrupt = asyncio.Event()
-        self._wake_monitor = asyncio.Event()
-        self._stopping = False
         self._started_at = time.monotonic()
-        self._db_ok = False
-        self._db_error: str | None = "not checked yet"
-        self._last_success: dict[str, datetime | None] = {}
-        self._counts_dirty = True
         self.started = asyncio.Event()
         """Set once the scheduler runs (the schema was checked and the first syncs are due)."""
 
@@ -144,18 +166,12 @@ class Daemon:
 
         Call it from the daemon's event loop (from another thread: loop.call_soon_threadsafe).
         """
-        self._stop_requested.set()
+        self._lifecycle.request_stop()
 
     async def run(self) -> None:
         """Run until stopped; raise ConfigError when the schema or the configuration is wrong."""
-        loop = asyncio.get_running_loop()
         self._started_at = time.monotonic()
-        if self._handle_signals:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, self._on_signal, signum)
-        overrun_filter = _DropOverrunWarning()
-        logging.getLogger("apscheduler.scheduler").addFilter(overrun_filter)
-        try:
+        with self._lifecycle.handling_signals(self._handle_signals), _overrun_warnings_dropped():
             async with contextlib.AsyncExitStack() as stack:
                 if self._serve_http:
                     self._server = health.Server(
@@ -167,8 +183,9 @@ class Daemon:
                     stack.push_async_callback(self._server.stop)
 
                 async def ready(engine: AsyncEngine) -> bool:
-                    self._engine = engine
-                    return await self._wait_for_schema(engine) and not self._stop_requested.is_set()
+                    self._watch.engine = engine
+                    ok = await self._watch.wait_for_schema(engine, self._lifecycle.stopped_within)
+                    return ok and not self._lifecycle.stop_requested.is_set()
 
                 built = await stack.enter_async_context(
                     runtime.open_runtime(
@@ -183,65 +200,46 @@ class Daemon:
                 if built is None:
                     return
                 engine, self._client, self._syncer = built.engine, built.client, built.syncer
-                monitor = asyncio.create_task(self._monitor(engine), name="snapsync-db-monitor")
+                monitor = asyncio.create_task(
+                    self._watch.monitor(
+                        engine, stopping=lambda: self._stopping, on_back=self._run_jobs_now
+                    ),
+                    name="snapsync-db-monitor",
+                )
                 try:
                     self._scheduler = self._start_scheduler()
                     self.started.set()
-                    await self._stop_requested.wait()
-                    await self._shutdown(self._scheduler)
+                    await self._lifecycle.stop_requested.wait()
+                    await self._lifecycle.drain(self._scheduler)
                 finally:
                     # Also when run() itself is cancelled: no sync outlives the engine.
-                    self._stopping = True
-                    await self._abort_leftovers()
+                    self._lifecycle.stopping = True
+                    await self._lifecycle.abort_leftovers(self._scheduler)
                     monitor.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await monitor
             log.info("stopped")
-        finally:
-            logging.getLogger("apscheduler.scheduler").removeFilter(overrun_filter)
-            if self._handle_signals:
-                for signum in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(signum)
 
     # -- endpoints ------------------------------------------------------------------------------
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
         """For /healthz: the process answers and the scheduler is alive (not stuck)."""
-        scheduler = self._scheduler
-        body: dict[str, Any] = {
-            "uptime_seconds": round(time.monotonic() - self._started_at, 1),
-            "syncs_in_progress": len(self._active),
-        }
-        if self._stopping:
-            body.update(status="stopping", scheduler="paused")
-            return True, body
-        if scheduler is None:
-            body.update(status="starting", scheduler="not started (waiting for the database)")
-            return True, body
-        if not scheduler.running:
-            body.update(status="scheduler stopped", scheduler="stopped")
-            return False, body
-        jobs = scheduler.get_jobs()
-        now = datetime.now(UTC)
-        allowed = timedelta(seconds=max(60.0, 2 * self._interval))
-        overdue = [
-            j.id for j in jobs if j.next_run_time is not None and now - j.next_run_time > allowed
-        ]
-        body.update(scheduler="running", jobs=len(jobs))
-        if overdue:
-            body.update(status="scheduler stuck", overdue_jobs=overdue)
-            return False, body
-        body.update(status="ok")
-        return True, body
+        return health.liveness(
+            self._scheduler,
+            uptime=time.monotonic() - self._started_at,
+            in_progress=len(self._active),
+            stopping=self._stopping,
+            interval=self._interval,
+        )
 
     def readiness(self) -> health.Readiness:
         """For /readyz: the database answers and every project succeeded recently."""
         return health.assess(
             now=datetime.now(UTC),
             project_ids=[p.project_id for p in self._projects],
-            last_success=self._last_success,
+            last_success=self._watch.last_success,
             database_ok=self._db_ok,
-            database_error=self._db_error,
+            database_error=self._watch.error,
             stale_after=health.STALE_INTERVALS * self._interval,
             stopping=self._stopping,
         )
@@ -250,20 +248,29 @@ class Daemon:
         """Before a scrape: database gauges, re-read when older than a few seconds."""
         self.metrics.database_up.set(1 if self._db_ok else 0)
         self.metrics.syncs_in_progress.set(len(self._active))
-        view = self.metrics.data
-        engine = self._engine
-        if engine is None or not self._db_ok:
-            return
-        read_at = view.by_status_read_at
-        fresh = read_at is not None and time.monotonic() - read_at < SNAPSHOT_COUNTS_CACHE
-        if fresh and not self._counts_dirty:
-            return
-        self._counts_dirty = False
-        try:
-            async with asyncio.timeout(DB_CHECK_TIMEOUT), store.connect(engine) as conn:
-                await view.refresh_by_status(conn)
-        except (errors.DatabaseError, TimeoutError) as exc:
-            self._database_failed(exc)
+        await self._watch.refresh_counts()
+
+    # -- the parts' state, under the names the jobs use -------------------------------------------
+
+    @property
+    def _engine(self) -> AsyncEngine | None:
+        return self._watch.engine
+
+    @property
+    def _db_ok(self) -> bool:
+        return self._watch.ok
+
+    @property
+    def _counts_dirty(self) -> bool:
+        return self._watch.counts_dirty
+
+    @_counts_dirty.setter
+    def _counts_dirty(self, value: bool) -> None:
+        self._watch.counts_dirty = value
+
+    @property
+    def _stopping(self) -> bool:
+        return self._lifecycle.stopping
 
     # -- scheduling -----------------------------------------------------------------------------
 
@@ -349,45 +356,6 @@ class Daemon:
 
             await asyncio.gather(*(poll(p) for p in hot), return_exceptions=False)
 
-    # -- retention ----------------------------------------------------------------------------
-
-    async def _prune_loop(self) -> None:
-        """Retention beside the scheduler's jobs: a minute after start (or the interval, when
-        shorter), then every SNAPSYNC_PRUNE_INTERVAL, until the daemon stops."""
-        interval = self._settings.prune_interval
-        if await self._stopped_within(min(interval, 60.0)):
-            return
-        while True:
-            await self._prune_job()
-            if await self._stopped_within(interval):
-                return
-
-    async def _prune_job(self) -> None:
-        """Apply the retention settings in small batches (app/retention.py); every replica may
-        run it: batches take their rows with SKIP LOCKED."""
-        from app import retention
-
-        engine = self._engine
-        if self._stopping or not self._db_ok or engine is None:
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self._active.add(task)
-        try:
-            with store.database_errors():
-                await retention.prune(
-                    engine, self._settings.retention_policy(), stopping=lambda: self._stopping
-                )
-        except asyncio.CancelledError:
-            if not self._stopping:
-                raise
-        except errors.DatabaseError as exc:
-            log.warning("retention failed, will try again: %s", exc)
-        except Exception:
-            log.exception("unexpected error in retention")
-        finally:
-            self._active.discard(task)
-
     def _run_jobs_now(self) -> None:
         """Bring every job's next firing forward (after the database came back)."""
         for project in self._projects:
@@ -412,23 +380,6 @@ class Daemon:
                 if self._stopping:
                     return
                 await self._sync_if_due(project)
-
-    @contextlib.contextmanager
-    def _tracked(self, what: str) -> Iterator[None]:
-        """Count the task among the running ones, log its error; an interruption by the shutdown
-        after the grace period ends it quietly (the Syncer closed a sync's run row)."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._active.add(task)
-        try:
-            yield
-        except asyncio.CancelledError:
-            if not self._stopping:
-                raise
-        except Exception:
-            log.exception("unexpected error in %s", what)
-        finally:
-            self._active.discard(task)
 
     async def _sync_if_due(self, project: settings_module.Project) -> None:
         pid = project.project_id
@@ -488,194 +439,22 @@ class Daemon:
                 task.add_done_callback(lambda _: self._run_job_now(pid))
         await self._count_transitions(project, result)
 
-    async def _count_transitions(
-        self, project: settings_module.Project, result: sync.RunResult
-    ) -> None:
-        engine = self._engine
-        if engine is None or result.run_id is None or result.counts.transitions == 0:
-            return
-        try:
-            async with asyncio.timeout(DB_CHECK_TIMEOUT), store.connect(engine) as conn:
-                await self.metrics.count_transitions(conn, result)
-        except (errors.DatabaseError, TimeoutError) as exc:
-            with logs.context(project_id=project.project_id, run_id=result.run_id):
-                log.warning("could not count the status transitions of the run: %s", _describe(exc))
-
     # -- hooks ------------------------------------------------------------------------------------
 
     def _on_progress(self, progress: sync.Progress) -> None:
-        if self._extra_progress is not None:
-            try:
-                self._extra_progress(progress)
-            except Exception:
-                log.exception("the progress callback failed")
+        _call_hook(self._extra_progress, progress, "the progress callback failed")
 
     def _on_finished(self, result: sync.RunResult) -> None:
         self.metrics.on_finished(result)
         if result.status == "succeeded":
-            self._last_success[result.project_id] = datetime.now(UTC)
-        if self._extra_finished is not None:
-            try:
-                self._extra_finished(result)
-            except Exception:
-                log.exception("the finished callback failed")
+            self._watch.last_success[result.project_id] = datetime.now(UTC)
+        _call_hook(self._extra_finished, result, "the finished callback failed")
 
-    def _on_signal(self, signum: int) -> None:
-        name = signal.Signals(signum).name
-        if not self._stop_requested.is_set():
-            log.info(
-                "received %s: stopping (running syncs get up to %gs; send it again to "
-                "interrupt them now)",
-                name,
-                self._grace,
-            )
-            self.stop()
-        else:
-            log.warning("received %s again: interrupting the running syncs now", name)
-            self._interrupt.set()
 
-    # -- database state ---------------------------------------------------------------------------
-
-    async def _wait_for_schema(self, engine: AsyncEngine) -> bool:
-        """Check the schema, waiting with backoff while the database does not answer.
-
-        Returns False when stopped while waiting; raises ConfigError on a wrong schema.
-        """
-        failures = 0
-        while True:
-            try:
-                await db.check_schema(engine)
-            except errors.DatabaseError as exc:
-                failures += 1
-                self._db_ok, self._db_error = False, str(exc)
-                delay = retry_delay(failures)
-                log.warning("database not reachable at start (%s); retrying in %gs", exc, delay)
-                if await self._stopped_within(delay):
-                    log.info("stopped before the database answered")
-                    return False
-                continue
-            self._db_ok, self._db_error = True, None
-            with contextlib.suppress(errors.DatabaseError, TimeoutError):
-                await self._observe(engine)
-            return True
-
-    async def _stopped_within(self, seconds: float) -> bool:
-        await _wait_event(self._stop_requested, seconds)
-        return self._stop_requested.is_set()
-
-    async def _observe(self, engine: AsyncEngine) -> None:
-        """One probe: the database answers, and when each project last succeeded."""
-        async with asyncio.timeout(DB_CHECK_TIMEOUT), store.connect(engine) as conn:
-            found = await store.last_successes(conn, [p.project_id for p in self._projects])
-        for pid, when in found.items():
-            mine = self._last_success.get(pid)
-            if mine is None or (when is not None and when > mine):
-                self._last_success[pid] = when
-        self.metrics.data.set_last_success(found)
-
-    async def _monitor(self, engine: AsyncEngine) -> None:
-        """Probe the database forever: every few seconds, with backoff while it is away."""
-        failures = 0
-        while not self._stopping:
-            try:
-                await self._observe(engine)
-            except (errors.DatabaseError, TimeoutError) as exc:
-                failures += 1
-                self._database_failed(exc)
-                delay = retry_delay(failures)
-            else:
-                if not self._db_ok:
-                    log.info("the database answers again; syncing the due projects now")
-                    self._db_ok, self._db_error = True, None
-                    self._run_jobs_now()
-                failures = 0
-                delay = min(PROBE_SECONDS, self._interval)
-            self.metrics.database_up.set(1 if self._db_ok else 0)
-            self._wake_monitor.clear()
-            await _wait_event(self._wake_monitor, delay)
-
-    def _database_failed(self, exc: BaseException) -> None:
-        description = _describe(exc)
-        if self._db_ok:
-            log.warning("the database does not answer (%s); syncs wait until it does", description)
-            self._wake_monitor.set()
-        self._db_ok, self._db_error = False, description
-
-    # -- shutdown ---------------------------------------------------------------------------------
-
-    async def _shutdown(self, scheduler: AsyncIOScheduler) -> None:
-        """Start no new sync, give running ones the grace period, then interrupt them."""
-        self._stopping = True
-        scheduler.pause()
-        running = {t for t in self._active if not t.done()}
-        if running:
-            log.info(
-                "waiting up to %gs for %d running sync(s) to finish", self._grace, len(running)
-            )
-            pending = await self._wait_or_interrupt(running, self._grace)
-            if pending:
-                log.warning(
-                    "interrupting %d sync(s) still running; their runs end as failed",
-                    len(pending),
-                )
-                for task in pending:
-                    task.cancel()
-                _, left = await asyncio.wait(pending, timeout=CANCEL_TIMEOUT)
-                if left:
-                    log.error(
-                        "%d sync(s) did not end %gs after being interrupted; the next sync of "
-                        "their projects marks their runs abandoned",
-                        len(left),
-                        CANCEL_TIMEOUT,
-                    )
-        self._stop_scheduler()
-
-    def _stop_scheduler(self) -> None:
-        # AsyncIOScheduler.shutdown() takes effect on the next loop iteration: call it once.
-        if self._scheduler is not None and not self._scheduler_stopped:
-            self._scheduler_stopped = True
-            self._scheduler.shutdown(wait=False)
-
-    async def _abort_leftovers(self) -> None:
-        self._stop_scheduler()
-        left = {t for t in self._active if not t.done()}
-        for task in left:
-            task.cancel()
-        if left:
-            await asyncio.wait(left, timeout=CANCEL_TIMEOUT)
-
-    async def _wait_or_interrupt(
-        self, tasks: set[asyncio.Task[Any]], seconds: float
-    ) -> set[asyncio.Task[Any]]:
-        """Wait for `tasks` for `seconds` or until a second signal; return those still running."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        interrupt = asyncio.ensure_future(self._interrupt.wait())
-        pending = set(tasks)
+def _call_hook(hook: Callable[[_T], None] | None, value: _T, failure: str) -> None:
+    """Call a caller's hook; its error is logged, never the daemon's."""
+    if hook is not None:
         try:
-            while pending and not self._interrupt.is_set():
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                await asyncio.wait(
-                    {*pending, interrupt}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
-                pending = {t for t in pending if not t.done()}
-        finally:
-            interrupt.cancel()
-        return pending
-
-
-async def _wait_event(event: asyncio.Event, seconds: float) -> None:
-    """Wait until `event` is set or `seconds` pass.
-
-    Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation that arrives as the
-    event is set, and a task that ignores its cancellation never ends.
-    """
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await event.wait()
-
-
-def _describe(exc: BaseException) -> str:
-    return f"no answer within {DB_CHECK_TIMEOUT:g}s" if isinstance(exc, TimeoutError) else str(exc)
+            hook(value)
+        except Exception:
+            log.exception(failure)

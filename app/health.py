@@ -11,13 +11,16 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 from app import errors
 from app import metrics as metrics_module
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.base import BaseScheduler
 
 log = logging.getLogger("app.health")
 
@@ -97,6 +100,40 @@ def assess(
         projects=len(project_ids),
         stale_after_seconds=stale_after,
     )
+
+
+def liveness(
+    scheduler: BaseScheduler | None,
+    *,
+    uptime: float,
+    in_progress: int,
+    stopping: bool,
+    interval: float,
+) -> tuple[bool, dict[str, Any]]:
+    """Alive unless the scheduler stopped or a job is more than two intervals (a minute at
+    least) overdue: the process answers, but syncs no longer start."""
+    body: dict[str, Any] = {"uptime_seconds": round(uptime, 1), "syncs_in_progress": in_progress}
+    if stopping:
+        body.update(status="stopping", scheduler="paused")
+        return True, body
+    if scheduler is None:
+        body.update(status="starting", scheduler="not started (waiting for the database)")
+        return True, body
+    if not scheduler.running:
+        body.update(status="scheduler stopped", scheduler="stopped")
+        return False, body
+    jobs = scheduler.get_jobs()
+    now = datetime.now(UTC)
+    allowed = timedelta(seconds=max(60.0, 2 * interval))
+    overdue = [
+        j.id for j in jobs if j.next_run_time is not None and now - j.next_run_time > allowed
+    ]
+    body.update(scheduler="running", jobs=len(jobs))
+    if overdue:
+        body.update(status="scheduler stuck", overdue_jobs=overdue)
+        return False, body
+    body.update(status="ok")
+    return True, body
 
 
 class Observed(Protocol):
