@@ -42,6 +42,8 @@ def reported_errors() -> Iterator[None]:
         yield
     except errors.ConfigError as exc:
         fail(f"configuration error: {exc}", EXIT_CONFIG)
+    except errors.DiscoveryError as exc:
+        fail(f"discovery failed: {exc}", EXIT_FAILED)
     except errors.DatabaseError as exc:
         fail(f"database error: {exc}", EXIT_FAILED)
 
@@ -140,18 +142,27 @@ def migrate() -> None:
     help="Sync only this project (ID or ID@REGION); repeatable.",
 )
 def sync_command(project_ids: tuple[str, ...]) -> None:
-    """One full sync pass of every configured project (or those named), in parallel."""
+    """One full sync pass of every configured project (or those named), in parallel.
+
+    With SNAPSYNC_PROJECTS=auto and no --project, the projects come from IAM first."""
     with reported_errors():
         settings = load()
         projects = select_projects(settings, project_ids)
         settings.require_credentials()
 
         async def go() -> list[sync.RunResult]:
-            from app import runtime
+            from app import discovery, runtime
 
             async with runtime.open_runtime(settings) as built:
                 assert built is not None  # without `ready`, a wrong schema raises instead
-                return await built.syncer.sync_all(projects)
+                chosen = projects
+                if settings.discovers and not project_ids:
+                    found = await discovery.discover(built, settings)
+                    nothing = found.nothing_served()
+                    if nothing is not None:
+                        raise nothing
+                    chosen = found.projects
+                return await built.syncer.sync_all(chosen)
 
         results = run_async(go)
     for result in results:
@@ -208,6 +219,9 @@ def status(as_json: bool) -> None:
             status_module.print_report(statuses, now)
         else:
             click.echo(status_module.render_text(statuses, now))
+        from app import discovery
+
+        click.echo(discovery.source_line(settings, [s.project_id for s in statuses]))
 
 
 @cli.command(name="run")
