@@ -67,6 +67,16 @@ def test_auto_is_alone_and_snapsync_regions_names_workspace_regions() -> None:
         settings_module.load_settings(projects="abc", regions="cn-north-4").project_list()
 
 
+def test_the_status_line_says_where_the_projects_come_from() -> None:
+    configured = settings_module.load_settings(projects="a1,b2@eu-west-101")
+    line = discovery.source_line(configured, ["a1", "c3"])
+    assert line.startswith("projects: 2 configured in SNAPSYNC_PROJECTS; 1 more in the database")
+    assert line.endswith("(not synced, data kept): c3")
+    auto = settings_module.load_settings(projects="auto", regions="eu-west-101")
+    line = discovery.source_line(auto, ["a1"])
+    assert "discovered through IAM (eu-west-101)" in line and "1 in the database" in line
+
+
 def test_the_cli_refuses_auto_mixed_with_ids_in_one_line(workdir: Path) -> None:
     mixed = {"SNAPSYNC_PROJECTS": "auto,0123", "SNAPSYNC_AUTH": "token"}
     done = run_cli_sync("sync", env=mixed, cwd=workdir)
@@ -84,6 +94,8 @@ def auth_env(sim: RunningSimulator, mode: str) -> dict[str, str]:
     opts = sim.options
     if mode == "token":
         return {"SNAPSYNC_AUTH": "token", "SNAPSYNC_AUTH_TOKEN": opts.auth_token or ""}
+    if mode == "aksk-temporary":
+        return {**auth_env(sim, "aksk"), "SNAPSYNC_SECURITY_TOKEN": "temporary-session-token"}
     if mode == "password":
         return {
             "SNAPSYNC_AUTH": "password",
@@ -98,7 +110,7 @@ def auth_env(sim: RunningSimulator, mode: str) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("mode", ["token", "aksk", "password"])
+@pytest.mark.parametrize("mode", ["token", "aksk", "aksk-temporary", "password"])
 async def test_sync_auto_mirrors_every_project_with_its_region_and_one_iam_call(
     mode: str, database_url: str, sql: asyncpg.Connection, workdir: Path
 ) -> None:
