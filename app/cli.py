@@ -1,8 +1,9 @@
 """The `snapsync` command line: every command, each a thin function.
 
 Each command imports what it uses when it runs, so that start-up costs only what the command
-needs: `--help` imports click, `sync` neither alembic (only `migrate` does) nor rich, and the
-daemon, the demo and the simulator are imported only by `run`, `demo` and `simulate`.
+needs: `--help` imports click, `sync` neither alembic (only `migrate` does) nor rich (unless
+its progress is drawn on a terminal), and the daemon, the demo and the simulator are imported
+only by `run`, `demo` and `simulate`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NoReturn, TypeVar
@@ -21,8 +24,8 @@ import app
 from app import errors
 
 if TYPE_CHECKING:
+    from app import runtime, sync
     from app import settings as settings_module
-    from app import sync
 
 T = TypeVar("T")
 
@@ -141,34 +144,85 @@ def migrate() -> None:
     metavar="ID",
     help="Sync only this project (ID or ID@REGION); repeatable.",
 )
-def sync_command(project_ids: tuple[str, ...]) -> None:
+@click.option(
+    "--quiet", "-q", is_flag=True, help="No live progress on a terminal: the summary lines only."
+)
+def sync_command(project_ids: tuple[str, ...], quiet: bool) -> None:
     """One full sync pass of every configured project (or those named), in parallel.
 
-    With SNAPSYNC_PROJECTS=auto and no --project, the projects come from IAM first."""
+    On a terminal, stderr shows a live line per project and an overall bar while it runs.
+    With SNAPSYNC_PROJECTS=auto and no --project, the projects come from IAM first.
+    """
     with reported_errors():
         settings = load()
         projects = select_projects(settings, project_ids)
         settings.require_credentials()
-
-        async def go() -> list[sync.RunResult]:
-            from app import discovery, runtime
-
-            async with runtime.open_runtime(settings) as built:
-                assert built is not None  # without `ready`, a wrong schema raises instead
-                chosen = projects
-                if settings.discovers and not project_ids:
-                    found = await discovery.discover(built, settings)
-                    nothing = found.nothing_served()
-                    if nothing is not None:
-                        raise nothing
-                    chosen = found.projects
-                return await built.syncer.sync_all(chosen)
-
-        results = run_async(go)
+        live = not quiet and sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+        if live and "log_level" not in settings.model_fields_set:
+            # The view says what INFO lines would; warnings and errors still print above it.
+            logging.getLogger().setLevel(logging.WARNING)
+        discover = settings.discovers and not project_ids
+        results = run_async(lambda: sync_projects(settings, projects, live=live, discover=discover))
     for result in results:
         click.echo(result.summary())
     failed = [r for r in results if r.status == "failed"]
     sys.exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+async def sync_projects(
+    settings: settings_module.Settings,
+    projects: list[settings_module.Project],
+    *,
+    live: bool,
+    discover: bool = False,
+) -> list[sync.RunResult]:
+    """One pass over `projects` (with `discover`, over those IAM lists); with `live`, drawn by
+    app.progress on stderr meanwhile."""
+    from app import runtime
+
+    if not live:
+        async with runtime.open_runtime(settings) as built:
+            assert built is not None  # without `ready`, a wrong schema raises instead
+            if discover:
+                projects = await discovered(built, settings)
+            return await built.syncer.sync_all(projects)
+    from rich.console import Console
+
+    from app import progress
+
+    tracker = progress.Tracker([p.project_id for p in projects])
+    progress.follow_stderr()
+    async with runtime.open_runtime(
+        settings,
+        on_request=tracker.on_request,
+        on_retry=tracker.on_retry,
+        on_wait=tracker.on_wait,
+        on_progress=tracker.on_progress,
+        on_finished=tracker.on_finished,
+    ) as built:
+        assert built is not None
+        if discover:
+            # Before the view: the probes of the discovery are no lines of it.
+            projects = await discovered(built, settings)
+            tracker.project_ids = [p.project_id for p in projects]
+            tracker.lines = {pid: progress.ProjectLine(pid) for pid in tracker.project_ids}
+        tracker.started = time.monotonic()
+        async with progress.shown(progress.sync_view(tracker), Console(stderr=True)):
+            return await built.syncer.sync_all(projects)
+
+
+async def discovered(
+    built: runtime.Runtime, settings: settings_module.Settings
+) -> list[settings_module.Project]:
+    """SNAPSYNC_PROJECTS=auto: the projects IAM lists that Workspace serves; ConfigError when
+    there are none."""
+    from app import discovery
+
+    found = await discovery.discover(built, settings)
+    nothing = found.nothing_served()
+    if nothing is not None:
+        raise nothing
+    return found.projects
 
 
 def select_projects(
@@ -197,7 +251,14 @@ def select_projects(
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def status(as_json: bool) -> None:
+@click.option(
+    "--project",
+    "project_ids",
+    multiple=True,
+    metavar="ID",
+    help="Only this project (shown in full); repeatable.",
+)
+def status(as_json: bool, project_ids: tuple[str, ...]) -> None:
     """Per project: last run, outcome and counts, age of the last success, snapshots."""
     from app import db
     from app import status as status_module
@@ -208,20 +269,46 @@ def status(as_json: bool) -> None:
         async def go() -> list[status_module.ProjectStatus]:
             async with db.open_engine(settings, pool_size=1) as engine:
                 await db.check_schema(engine)
-                return await status_module.collect(engine)
+                return await status_module.collect(engine, project_ids=list(project_ids))
 
         statuses = run_async(go)
     now = datetime.now(UTC)
     if as_json:
         click.echo(json.dumps([s.as_json(now) for s in statuses], indent=2))
     else:
+        detail = bool(project_ids) or len(statuses) <= status_module.DETAILED_UP_TO
         if sys.stdout.isatty():
-            status_module.print_report(statuses, now)
+            status_module.print_report(statuses, now, detail=detail)
         else:
-            click.echo(status_module.render_text(statuses, now))
-        from app import discovery
+            click.echo(status_module.render_text(statuses, now, detail=detail))
+        if not project_ids:
+            from app import discovery
 
-        click.echo(discovery.source_line(settings, [s.project_id for s in statuses]))
+            click.echo(discovery.source_line(settings, [s.project_id for s in statuses]))
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Count what would be removed; remove nothing.")
+def prune(dry_run: bool) -> None:
+    """Apply the retention settings now (old runs, long-deleted snapshots)."""
+    from app import db, retention, store
+
+    with reported_errors():
+        settings = load()
+        policy = settings.retention_policy()
+
+        async def go() -> retention.Outcome:
+            async with db.open_engine(settings, pool_size=1) as engine:
+                await db.check_schema(engine)
+                try:
+                    with store.database_errors():
+                        return await retention.prune(engine, policy, dry_run=dry_run)
+                except errors.DatabaseError as exc:
+                    fail(f"prune failed: {exc}", EXIT_FAILED)
+
+        outcome = run_async(go)
+    for line in outcome.lines(policy):
+        click.echo(line)
 
 
 @cli.command(name="run")

@@ -68,6 +68,8 @@ class RequestStats:
 
 
 RequestHook = Callable[[str, int], None]
+# (project id, what it waits for: "rate limit" | "Retry-After" | "backoff", seconds if known)
+WaitHook = Callable[[str, str, float | None], None]
 """Called with (project_id, HTTP status or 0 for no answer) after every request."""
 
 
@@ -82,6 +84,7 @@ class WorkspaceClient:
         authenticator: auth_module.Authenticator,
         on_request: RequestHook | None = None,
         on_retry: RequestHook | None = None,
+        on_wait: WaitHook | None = None,
         limiter: ratelimit.AdaptiveRateLimiter | None = None,
     ) -> None:
         self._session = session
@@ -93,6 +96,7 @@ class WorkspaceClient:
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout)
         self._on_request = on_request
         self._on_retry = on_retry
+        self._on_wait = on_wait
 
     async def list_page(
         self,
@@ -142,6 +146,7 @@ class WorkspaceClient:
                 if not exc.transient or attempt >= self._settings.max_retries:
                     raise
                 delay = self._backoff(attempt, exc.retry_after)
+                reason = "backoff" if exc.retry_after is None else "Retry-After"
                 failure = str(exc)
             except (errors.TransportError, errors.BadResponseError) as exc:
                 if isinstance(exc, errors.TransportError):
@@ -151,12 +156,15 @@ class WorkspaceClient:
                 if not retryable or attempt >= self._settings.max_retries:
                     raise
                 delay = self._backoff(attempt, None)
+                reason = "backoff"
                 failure = str(exc)
             attempt += 1
             if stats is not None:
                 stats.retries += 1
             if self._on_retry is not None:
                 self._on_retry(project.project_id, attempt)
+            if self._on_wait is not None:
+                self._on_wait(project.project_id, reason, delay)
             log.warning(
                 "retry %d/%d in %.1fs after: %s",
                 attempt,
@@ -193,7 +201,12 @@ class WorkspaceClient:
             project_id=project.project_id,
             region=project.region,
         )
-        await self.limiter.acquire()
+        on_wait = self._on_wait
+        await self.limiter.acquire(
+            waiting=None
+            if on_wait is None
+            else lambda: on_wait(project.project_id, "rate limit", None)
+        )
         started = time.monotonic()
         status = 0
         try:

@@ -15,25 +15,21 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import client, db, discovery, errors, health, metrics, runtime, store, sync
+from app import client, db, discovery, errors, health, logs, metrics, runtime, store, sync
 from app import settings as settings_module
 
 log = logging.getLogger("app.daemon")
 
 GRACE_VARIABLE = "SNAPSYNC_SHUTDOWN_GRACE"
 DEFAULT_SHUTDOWN_GRACE = 30.0
-# Advisory lock namespace (first key) of the schedule lock; the Syncer's is "SNAP".
-SCHEDULE_LOCK_CLASS = 0x534E_5343  # "SNSC"
 # How often the database is probed while it answers, and the longest pause while it does not.
 PROBE_SECONDS = 5.0
 FIRST_RETRY_SECONDS = 0.5
@@ -48,29 +44,6 @@ HOT_LANE_CONCURRENCY = 4
 SNAPSHOT_COUNTS_CACHE = 10.0
 # After the grace period, how long cancelled syncs get to write their run rows.
 CANCEL_TIMEOUT = 10.0
-
-TRY_SCHEDULE_LOCK = text("SELECT pg_try_advisory_lock(:cls, hashtext(:project_id))")
-SCHEDULE_UNLOCK = text("SELECT pg_advisory_unlock(:cls, hashtext(:project_id))")
-NEWEST_RUN_STARTED = text(
-    "SELECT started_at FROM sync_runs WHERE project_id = :project_id AND kind = 'full' "
-    "ORDER BY started_at DESC LIMIT 1"
-)
-LAST_SUCCESSES = text(
-    """
-SELECT p.project_id, s.finished_at
-FROM unnest(CAST(:project_ids AS text[])) AS p(project_id)
-LEFT JOIN LATERAL (
-    SELECT r.finished_at
-    FROM sync_runs AS r
-    WHERE r.project_id = p.project_id AND r.status = 'succeeded' AND r.kind = 'full'
-    ORDER BY r.started_at DESC
-    LIMIT 1
-) AS s ON true
-"""
-)
-
-ProgressHook = Callable[[sync.Progress], None]
-FinishedHook = Callable[[sync.RunResult], None]
 
 
 # -- the schedule policy (pure) ----------------------------------------------------------------
@@ -130,8 +103,8 @@ class Daemon:
         *,
         projects: Sequence[settings_module.Project] | None = None,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
-        on_progress: ProgressHook | None = None,
-        on_finished: FinishedHook | None = None,
+        on_progress: sync.ProgressHook | None = None,
+        on_finished: Callable[[sync.RunResult], None] | None = None,
         serve_http: bool = True,
         handle_signals: bool = True,
     ) -> None:
@@ -152,6 +125,7 @@ class Daemon:
         self._client: client.WorkspaceClient | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._scheduler_stopped = False
+        self._prune_task: asyncio.Task[None] | None = None
         self._server: health.Server | None = None
         self._gate = asyncio.Semaphore(settings.max_concurrent_projects)
         self._active: set[asyncio.Task[Any]] = set()
@@ -298,10 +272,9 @@ class Daemon:
             return
         self._counts_dirty = False
         try:
-            async with asyncio.timeout(DB_CHECK_TIMEOUT):
-                async with engine.connect() as conn:
-                    await view.refresh_by_status(conn)
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            async with asyncio.timeout(DB_CHECK_TIMEOUT), store.connect(engine) as conn:
+                await view.refresh_by_status(conn)
+        except (errors.DatabaseError, TimeoutError) as exc:
             self._database_failed(exc)
 
     # -- scheduling -----------------------------------------------------------------------------
@@ -335,6 +308,7 @@ class Daemon:
             misfire_grace_time=None,
             next_run_time=now + timedelta(seconds=self._settings.hot_interval),
         )
+        self._prune_task = asyncio.create_task(self._prune_loop(), name="retention")
         scheduler.start()
         log.info(
             "syncing %d project(s) every %gs (jitter %gs), at most %d at once",
@@ -365,16 +339,10 @@ class Daemon:
 
     async def _discovery_job(self) -> None:
         """One firing of the discovery job, counted as running work for the shutdown."""
-        task = asyncio.current_task()
-        if self._stopping or task is None:
+        if self._stopping:
             return
-        self._active.add(task)
-        task.add_done_callback(self._active.discard)
-        try:
+        with self._tracked("the discovery"):
             await self._discover()
-        except asyncio.CancelledError:
-            if not self._stopping:
-                raise
 
     async def _discover(self) -> None:
         """Ask IAM for the projects again: a new one gets a sync job, one no longer listed
@@ -421,18 +389,15 @@ class Daemon:
                 scheduler.remove_job(pid)
             if pid not in after:
                 self._last_success.pop(pid, None)
-                log.info(
-                    "no longer listed by IAM: not synced any more, its data is kept",
-                    extra=_extra(project),
-                )
+                with logs.context(project_id=pid):
+                    log.info("no longer listed by IAM: not synced any more, its data is kept")
         self._projects = list(projects)
         self.metrics.show_projects(self._projects, "discovered")
         now = datetime.now(UTC)
         for pid, project in after.items():
             if before.get(pid) != project:
-                log.info(
-                    "discovered in %s: synced from now on", project.region, extra=_extra(project)
-                )
+                with logs.context(project_id=pid):
+                    log.info("discovered in %s: synced from now on", project.region)
                 if scheduler is not None:
                     self._add_sync_job(scheduler, project, now)
 
@@ -444,14 +409,11 @@ class Daemon:
         if self._stopping or not self._db_ok or engine is None or syncer is None:
             return
         assert workspace is not None
-        task = asyncio.current_task()
-        assert task is not None
-        self._active.add(task)
-        try:
+        with self._tracked("the hot lane"):
             try:
-                async with asyncio.timeout(DB_CHECK_TIMEOUT), engine.connect() as conn:
+                async with asyncio.timeout(DB_CHECK_TIMEOUT), store.connect(engine) as conn:
                     counts = await store.in_flight_counts(conn)
-            except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            except (errors.DatabaseError, TimeoutError) as exc:
                 self._database_failed(exc)
                 return
             for project in self._projects:
@@ -483,11 +445,43 @@ class Daemon:
                     await self._count_transitions(project, result)
 
             await asyncio.gather(*(poll(p) for p in hot), return_exceptions=False)
+
+    # -- retention ----------------------------------------------------------------------------
+
+    async def _prune_loop(self) -> None:
+        """Retention beside the scheduler's jobs: a minute after start (or the interval, when
+        shorter), then every SNAPSYNC_PRUNE_INTERVAL, until the daemon stops."""
+        interval = self._settings.prune_interval
+        if await self._stopped_within(min(interval, 60.0)):
+            return
+        while True:
+            await self._prune_job()
+            if await self._stopped_within(interval):
+                return
+
+    async def _prune_job(self) -> None:
+        """Apply the retention settings in small batches (app/retention.py); every replica may
+        run it: batches take their rows with SKIP LOCKED."""
+        from app import retention
+
+        engine = self._engine
+        if self._stopping or not self._db_ok or engine is None:
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._active.add(task)
+        try:
+            with store.database_errors():
+                await retention.prune(
+                    engine, self._settings.retention_policy(), stopping=lambda: self._stopping
+                )
         except asyncio.CancelledError:
             if not self._stopping:
                 raise
+        except errors.DatabaseError as exc:
+            log.warning("retention failed, will try again: %s", exc)
         except Exception:
-            log.exception("unexpected error in the hot lane")
+            log.exception("unexpected error in retention")
         finally:
             self._active.discard(task)
 
@@ -510,20 +504,26 @@ class Daemon:
         """One firing of a project's job."""
         if self._stopping:
             return
-        task = asyncio.current_task()
-        assert task is not None
-        self._active.add(task)
-        try:
+        with logs.context(project_id=project.project_id), self._tracked("a scheduled sync"):
             async with self._gate:
                 if self._stopping:
                     return
                 await self._sync_if_due(project)
+
+    @contextlib.contextmanager
+    def _tracked(self, what: str) -> Iterator[None]:
+        """Count the task among the running ones, log its error; an interruption by the shutdown
+        after the grace period ends it quietly (the Syncer closed a sync's run row)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._active.add(task)
+        try:
+            yield
         except asyncio.CancelledError:
             if not self._stopping:
                 raise
-            # Interrupted by the shutdown after the grace period; the Syncer closed the run.
         except Exception:
-            log.exception("unexpected error in a scheduled sync", extra=_extra(project))
+            log.exception("unexpected error in %s", what)
         finally:
             self._active.discard(task)
 
@@ -536,28 +536,13 @@ class Daemon:
         engine, syncer = self._engine, self._syncer
         assert engine is not None and syncer is not None
         try:
-            conn = await engine.connect()
-        except (SQLAlchemyError, OSError) as exc:
-            self._database_failed(exc)
-            checks.labels(pid, "database_down").inc()
-            return
-        result: sync.RunResult | None = None
-        try:
-            try:
-                await conn.execution_options(isolation_level="AUTOCOMMIT")
-                locked = await conn.scalar(
-                    TRY_SCHEDULE_LOCK, {"cls": SCHEDULE_LOCK_CLASS, "project_id": pid}
-                )
-                if not locked:
+            async with store.advisory_lock(engine, store.SCHEDULE_LOCK_CLASS, pid) as conn:
+                if conn is None:
                     checks.labels(pid, "busy").inc()
                     return
-                newest = await conn.scalar(NEWEST_RUN_STARTED, {"project_id": pid})
-            except (SQLAlchemyError, OSError) as exc:
-                self._database_failed(exc)
-                checks.labels(pid, "database_down").inc()
-                await _discard(conn)
-                return
-            try:
+                with store.database_errors():
+                    newest = await store.newest_full_run_started(conn, pid)
+                    await conn.commit()
                 if self._stopping:
                     return
                 if not is_due(newest, datetime.now(UTC), self._interval):
@@ -569,11 +554,11 @@ class Daemon:
                     result = await syncer.sync_project(project, wait_for_lock=False)
                 finally:
                     self.metrics.syncs_in_progress.dec()
-            finally:
-                await _unlock(conn, pid)
-        finally:
-            with contextlib.suppress(SQLAlchemyError, OSError):
-                await asyncio.shield(conn.close())
+        except errors.DatabaseError as exc:
+            # Only the lock and the newest run's start raise it: sync_project never does.
+            self._database_failed(exc)
+            checks.labels(pid, "database_down").inc()
+            return
         await self._after_sync(project, result)
 
     async def _after_sync(self, project: settings_module.Project, result: sync.RunResult) -> None:
@@ -585,13 +570,13 @@ class Daemon:
             # The firings during the sync were skipped; waiting for the next one would sync
             # the project at most every second interval. (A failed sync waits: the API may
             # be struggling.)
-            log.info(
-                "the sync took %.1fs, longer than SNAPSYNC_SYNC_INTERVAL (%gs); "
-                "the next one starts now",
-                result.seconds,
-                self._interval,
-                extra=_extra(project, result.run_id),
-            )
+            with logs.context(run_id=result.run_id):
+                log.info(
+                    "the sync took %.1fs, longer than SNAPSYNC_SYNC_INTERVAL (%gs); "
+                    "the next one starts now",
+                    result.seconds,
+                    self._interval,
+                )
             task = asyncio.current_task()
             if task is not None:
                 # After APScheduler's own done callback, which ends this job's instance:
@@ -607,15 +592,11 @@ class Daemon:
         if engine is None or result.run_id is None or result.counts.transitions == 0:
             return
         try:
-            async with asyncio.timeout(DB_CHECK_TIMEOUT):
-                async with engine.connect() as conn:
-                    await self.metrics.count_transitions(conn, result)
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
-            log.warning(
-                "could not count the status transitions of the run: %s",
-                _describe(exc),
-                extra=_extra(project, result.run_id),
-            )
+            async with asyncio.timeout(DB_CHECK_TIMEOUT), store.connect(engine) as conn:
+                await self.metrics.count_transitions(conn, result)
+        except (errors.DatabaseError, TimeoutError) as exc:
+            with logs.context(project_id=project.project_id, run_id=result.run_id):
+                log.warning("could not count the status transitions of the run: %s", _describe(exc))
 
     # -- hooks ------------------------------------------------------------------------------------
 
@@ -671,7 +652,7 @@ class Daemon:
                     return False
                 continue
             self._db_ok, self._db_error = True, None
-            with contextlib.suppress(SQLAlchemyError, OSError, TimeoutError):
+            with contextlib.suppress(errors.DatabaseError, TimeoutError):
                 await self._observe(engine)
             return True
 
@@ -681,12 +662,8 @@ class Daemon:
 
     async def _observe(self, engine: AsyncEngine) -> None:
         """One probe: the database answers, and when each project last succeeded."""
-        async with asyncio.timeout(DB_CHECK_TIMEOUT):
-            async with engine.connect() as conn:
-                rows = await conn.execute(
-                    LAST_SUCCESSES, {"project_ids": [p.project_id for p in self._projects]}
-                )
-                found: dict[str, datetime | None] = {row[0]: row[1] for row in rows}
+        async with asyncio.timeout(DB_CHECK_TIMEOUT), store.connect(engine) as conn:
+            found = await store.last_successes(conn, [p.project_id for p in self._projects])
         for pid, when in found.items():
             mine = self._last_success.get(pid)
             if mine is None or (when is not None and when > mine):
@@ -699,7 +676,7 @@ class Daemon:
         while not self._stopping:
             try:
                 await self._observe(engine)
-            except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            except (errors.DatabaseError, TimeoutError) as exc:
                 failures += 1
                 self._database_failed(exc)
                 delay = retry_delay(failures)
@@ -797,29 +774,5 @@ async def _wait_event(event: asyncio.Event, seconds: float) -> None:
             await event.wait()
 
 
-async def _unlock(conn: AsyncConnection, project_id: str) -> None:
-    """Release the schedule lock; a connection that cannot must not go back to the pool."""
-    try:
-        await asyncio.shield(
-            conn.execute(SCHEDULE_UNLOCK, {"cls": SCHEDULE_LOCK_CLASS, "project_id": project_id})
-        )
-    except (SQLAlchemyError, OSError):
-        await _discard(conn)
-
-
-async def _discard(conn: AsyncConnection) -> None:
-    with contextlib.suppress(SQLAlchemyError, OSError):
-        await conn.invalidate()
-
-
-def _extra(project: settings_module.Project, run_id: int | None = None) -> dict[str, Any]:
-    extra: dict[str, Any] = {"project_id": project.project_id}
-    if run_id is not None:
-        extra["run_id"] = run_id
-    return extra
-
-
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"no answer within {DB_CHECK_TIMEOUT:g}s"
-    return db.describe_db_error(exc)
+    return f"no answer within {DB_CHECK_TIMEOUT:g}s" if isinstance(exc, TimeoutError) else str(exc)

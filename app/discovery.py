@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from app import auth, client, errors, regions, runtime
+from app import auth, client, errors, logs, regions, runtime
 from app import settings as settings_module
 
 log = logging.getLogger("app.discovery")
@@ -226,12 +226,12 @@ async def discover(built: runtime.Runtime, settings: settings_module.Settings) -
         built.client, listing.projects, concurrency=settings.max_concurrent_projects
     )
     for item in skipped:
-        log.warning(
-            "skipped: %s (discovered in %s; asked again at the next discovery)",
-            item.detail,
-            item.project.region,
-            extra={"project_id": item.project.project_id},
-        )
+        with logs.context(project_id=item.project.project_id):
+            log.warning(
+                "skipped: %s (discovered in %s; asked again at the next discovery)",
+                item.detail,
+                item.project.region,
+            )
     found = Discovery(projects=kept, skipped=skipped, listing=listing)
     log.info(found.summary())
     return found
@@ -247,15 +247,15 @@ def source_line(settings: settings_module.Settings, stored: Sequence[str]) -> st
             "database; what the newest discovery skipped and when it ran: `run`'s /metrics "
             "(snapsync_project_skipped_info, snapsync_discovery_last_run_timestamp_seconds)"
         )
+    if not settings.projects.strip():
+        return f"projects: SNAPSYNC_PROJECTS is not set here; {len(stored)} in the database"
     try:
         configured = [p.project_id for p in settings.project_list()]
     except errors.ConfigError as exc:
         return f"projects: {exc}"
     line = f"projects: {len(configured)} configured in SNAPSYNC_PROJECTS"
-    others = [pid for pid in stored if pid not in configured]
+    others = sum(1 for pid in stored if pid not in configured)
     if others:
-        line += (
-            f"; {len(others)} more in the database, no longer configured (not synced, data "
-            f"kept): {', '.join(others[:5])}" + (", ..." if len(others) > 5 else "")
-        )
+        # Counted, not named: each project has its own line above.
+        line += f"; {others} more in the database, no longer configured (not synced, data kept)"
     return line

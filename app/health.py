@@ -55,6 +55,11 @@ class Readiness:
     projects: int = 0
     stale_after_seconds: float = 0.0
 
+    @property
+    def sync_interval_seconds(self) -> float:
+        """The sync interval the staleness was judged by (STALE_INTERVALS of them)."""
+        return self.stale_after_seconds / STALE_INTERVALS
+
     def as_json(self) -> dict[str, Any]:
         return {
             "ready": self.ready,
@@ -117,7 +122,9 @@ def create_app(daemon: Observed, metrics: metrics_module.Metrics) -> web.Applica
 
     async def metrics_handler(request: web.Request) -> web.Response:
         await daemon.refresh_metrics()
-        metrics.ready.set(1 if daemon.readiness().ready else 0)
+        state = daemon.readiness()
+        metrics.ready.set(1 if state.ready else 0)
+        metrics.sync_interval.set(state.sync_interval_seconds)
         return web.Response(
             body=metrics.render(), headers={"Content-Type": metrics_module.CONTENT_TYPE}
         )

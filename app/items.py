@@ -46,11 +46,6 @@ class Snapshot:
     # A float somewhere in the item: it may stand for an integer the fast decoder rounded.
     holds_float: bool = False
 
-    @property
-    def in_flight(self) -> bool:
-        """A creation or restore is still running."""
-        return self.status in TRANSIENT_STATUSES
-
 
 def parse_time(value: object, field: str) -> datetime | None:
     """`yyyy-MM-ddTHH:mm:ssZ` (or any ISO 8601 time with an offset) to an aware UTC datetime."""

@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
 CONTEXT_FIELDS = ("project_id", "run_id")
+
+Fields = dict[str, object]
+# The fields of the innermost `context` block; tasks started inside it inherit them.
+_fields: contextvars.ContextVar[Fields | None] = contextvars.ContextVar(
+    "snapsync_log_fields", default=None
+)
+
+
+@contextlib.contextmanager
+def context(**fields: object) -> Iterator[Fields]:
+    """Every log line written inside the block, and by the tasks started in it, carries `fields`
+    (project_id, run_id); one set in the dict yielded later (a hot run's id) is on later lines."""
+    token = _fields.set(merged := {**(_fields.get() or {}), **fields})
+    try:
+        yield merged
+    finally:
+        _fields.reset(token)
+
+
+class _ContextFilter(logging.Filter):
+    """Stamps each record with the fields of the `context` it was written in; a field the call
+    passed itself (`extra=`) wins."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in (_fields.get() or {}).items():
+            record.__dict__.setdefault(name, value)
+        return True
 
 
 class _Redactor(logging.Filter):
@@ -93,6 +122,7 @@ def setup(*, fmt: str = "console", level: str = "INFO", secrets: Iterable[str] =
     """Route every logger of the process to stderr in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    handler.addFilter(_ContextFilter())
     handler.addFilter(_Redactor(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):

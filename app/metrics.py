@@ -11,7 +11,14 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import text
@@ -25,6 +32,10 @@ OUTCOMES = ("succeeded", "failed", "skipped")
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 # The label value of `from_status` on a snapshot's first sighting (the column holds NULL).
 FIRST_SIGHTING = "none"
+# Series that alert rules compute increase() or rate() of exist from the start, at 0: a series
+# born at 5 (five failures in one sync) would otherwise show an increase of 0 to Prometheus.
+ALERTED_TRANSITIONS = (("creating", "create_failed"),)
+THROTTLED_CODE = "429"
 
 TRANSITIONS_OF_RUN = text(
     """
@@ -114,6 +125,11 @@ class Metrics:
             "snapsync_database_up", "1 when the last database check succeeded.", registry=r
         )
         self.ready = Gauge("snapsync_ready", "1 when /readyz answers 200.", registry=r)
+        self.sync_interval = Gauge(
+            "snapsync_sync_interval_seconds",
+            "Seconds between full syncs of a project (SNAPSYNC_SYNC_INTERVAL).",
+            registry=r,
+        )
         self.hot_polls = Counter(
             "snapsync_hot_polls",
             "Polls of a project's in-flight snapshots by outcome (succeeded, failed, "
@@ -174,6 +190,9 @@ class Metrics:
         )
         self.data = DatabaseView(self._project_ids)
         r.register(self.data)
+        # process_start_time_seconds and friends: the rules tell "never synced since the
+        # daemon started" from "just started".
+        ProcessCollector(registry=r)
         self._label(self._project_ids)
 
     def show_projects(self, projects: Iterable[settings_module.Project], source: str) -> None:
@@ -220,6 +239,9 @@ class Metrics:
                 self.api_retries,
             ):
                 counter.labels(pid)
+            for from_status, to_status in ALERTED_TRANSITIONS:
+                self.transitions.labels(pid, from_status, to_status)
+            self.api_requests.labels(pid, THROTTLED_CODE)
 
     def _per_project_counter(self, name: str, documentation: str) -> Counter:
         return Counter(name, documentation, ["project_id"], registry=self.registry)

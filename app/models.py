@@ -29,16 +29,23 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-RUN_STATUSES = ("running", "succeeded", "failed", "abandoned")
-
 TZ = DateTime(timezone=True)
+
+# When a snapshot's creation ended, on its first-sighting history row: when the row that closed
+# a `creating` first sighting was written, or the first sighting itself when the snapshot was
+# first seen already created. Indexed (ix_snapshot_status_history_creation_end) and written the
+# same way in the snapshot_operation_durations view, so a filter on ended_by reads the index.
+# Written as PostgreSQL renders it back, which is what autogenerate compares.
+CREATION_ENDED_BY = (
+    "(\nCASE\n    WHEN to_status = 'creating'::text THEN left_by\n    ELSE observed_at\nEND)"
+)
 
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class Project(Base):
+class ProjectRow(Base):
     """Per-project sync state: what the newest complete listing was and when it started."""
 
     __tablename__ = "projects"
@@ -60,6 +67,13 @@ class SyncRun(Base):
         CheckConstraint("status IN ('running', 'succeeded', 'failed', 'abandoned')", name="status"),
         CheckConstraint("kind IN ('full', 'hot')", name="kind"),
         Index("ix_sync_runs_project_id_started_at", "project_id", "started_at"),
+        Index("ix_sync_runs_started_at", "started_at", "id"),
+        Index(
+            "ix_sync_runs_failed",
+            "project_id",
+            "started_at",
+            postgresql_where=text("status IN ('failed', 'abandoned')"),
+        ),
         Index(
             "ix_sync_runs_running",
             "project_id",
@@ -96,6 +110,33 @@ class SnapshotRecord(Base):
         Index("ix_snapshot_records_project_id_desktop_id", "project_id", "desktop_id"),
         Index("ix_snapshot_records_status", "status", "project_id"),
         Index("ix_snapshot_records_create_time", "create_time"),
+        Index(
+            "ix_snapshot_records_live",
+            "project_id",
+            "desktop_id",
+            postgresql_include=["status"],
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+        Index(
+            "ix_snapshot_records_gone",
+            "project_id",
+            "desktop_id",
+            text("last_seen_at DESC"),
+            "snapshot_id",
+            postgresql_where=text("deleted_at IS NOT NULL OR missed_listings > 0"),
+        ),
+        Index(
+            "ix_snapshot_records_deleted_at",
+            "deleted_at",
+            postgresql_where=text("deleted_at IS NOT NULL"),
+        ),
+        Index(
+            "ix_snapshot_records_failed",
+            "project_id",
+            "desktop_id",
+            "create_time",
+            postgresql_where=text("status = 'create_failed'"),
+        ),
         Index(
             "ix_snapshot_records_missing",
             "project_id",
@@ -143,6 +184,30 @@ class SnapshotStatusHistory(Base):
         Index("ix_snapshot_status_history_observed_at", "observed_at"),
         Index("ix_snapshot_status_history_to_status", "to_status", "observed_at"),
         Index("ix_snapshot_status_history_sync_run_id", "sync_run_id"),
+        Index(
+            "ix_snapshot_status_history_open",
+            "to_status",
+            "observed_at",
+            postgresql_include=["project_id"],
+            postgresql_where=text("left_by IS NULL AND to_status <> 'deleted'"),
+        ),
+        Index(
+            "ix_snapshot_status_history_left_by",
+            "left_by",
+            postgresql_include=[
+                "to_status",
+                "observed_at",
+                "project_id",
+                "previous_observed_at",
+                "left_after",
+            ],
+            postgresql_where=text("left_by IS NOT NULL"),
+        ),
+        Index(
+            "ix_snapshot_status_history_creation_end",
+            text(CREATION_ENDED_BY),
+            postgresql_where=text("from_status IS NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -156,6 +221,20 @@ class SnapshotStatusHistory(Base):
     sync_run_id: Mapped[int | None] = mapped_column(
         BigInteger, ForeignKey("sync_runs.id", ondelete="SET NULL")
     )
+    # The closing facts, written by the statement that writes the next row (app/store.py).
+    next_id: Mapped[int | None] = mapped_column(BigInteger)
+    next_status: Mapped[str | None] = mapped_column(Text)
+    left_after: Mapped[datetime | None] = mapped_column(TZ)
+    left_by: Mapped[datetime | None] = mapped_column(TZ)
+
+
+class SnapshotDesktop(Base):
+    """Every desktop that has had a snapshot (the rows of desktop_snapshot_coverage)."""
+
+    __tablename__ = "snapshot_desktops"
+
+    project_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    desktop_id: Mapped[str] = mapped_column(Text, primary_key=True)
 
 
 # What each table and column means, stored as COMMENT ON by migration 0002 (which holds the
@@ -320,6 +399,29 @@ TABLE_COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
             ),
             "process": "The API's process (percent) with the new status. NULL: no task running.",
             "sync_run_id": "The run that saw the change (sync_runs.id). NULL: run row deleted.",
+            "next_id": (
+                "id of the snapshot's next history row, which closed this one. NULL: this is "
+                "the snapshot's current status."
+            ),
+            "next_status": "to_status of the next row. NULL: this is the current status.",
+            "left_after": (
+                "previous_observed_at of the next row: the last time snapsync saw this status "
+                "(it was left after), UTC. NULL: current."
+            ),
+            "left_by": (
+                "observed_at of the next row: snapsync saw the status left by then, UTC. NULL: "
+                "current."
+            ),
+        },
+    ),
+    "snapshot_desktops": (
+        (
+            "One row per desktop that has had a snapshot (live or deleted): the rows of "
+            "desktop_snapshot_coverage, kept by the sync as it writes snapshots."
+        ),
+        {
+            "project_id": "The desktop's project.",
+            "desktop_id": "The desktop (snapshots.desktop_id).",
         },
     ),
 }

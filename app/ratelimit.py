@@ -42,10 +42,15 @@ class AdaptiveRateLimiter:
         self._tokens = min(capacity, self._tokens + (now - self._updated) * self.rate)
         self._updated = now
 
-    async def acquire(self) -> None:
-        """Wait until a request may be sent (first come, first served)."""
+    async def acquire(self, *, waiting: Callable[[], None] | None = None) -> None:
+        """Wait until a request may be sent (first come, first served); `waiting` is called
+        first when the request has to wait (behind others, or for a token)."""
         if self.unlimited:
             return
+        if waiting is not None:
+            self._refill()
+            if self._lock.locked() or self._tokens < 1.0:
+                waiting()
         async with self._lock:
             while True:
                 self._refill()

@@ -34,6 +34,7 @@ async def open_runtime(
     ready: Callable[[AsyncEngine], Awaitable[bool]] | None = None,
     on_request: client.RequestHook | None = None,
     on_retry: client.RequestHook | None = None,
+    on_wait: client.WaitHook | None = None,
     on_progress: sync.ProgressHook | None = None,
     on_finished: Callable[[sync.RunResult], None] | None = None,
 ) -> AsyncIterator[Runtime | None]:
@@ -42,7 +43,8 @@ async def open_runtime(
     Once the engine exists, and before anything talks to the API, `ready` runs (by default the
     schema check, which raises ConfigError): it may wait, as the daemon waits for the database,
     and answers False to give up, in which case the block gets None. The hooks go to the client
-    (after every request and retry) and to the Syncer (a run's progress, a finished run).
+    (after every request and retry, before every wait) and to the Syncer (a run's progress, a
+    finished run).
     """
     async with contextlib.AsyncExitStack() as stack:
         engine = await stack.enter_async_context(db.open_engine(settings))
@@ -60,6 +62,7 @@ async def open_runtime(
             authenticator=authenticator,
             on_request=on_request,
             on_retry=on_retry,
+            on_wait=on_wait,
         )
         syncer = sync.Syncer(
             engine=engine,

@@ -12,7 +12,7 @@ import pydantic
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app import errors, regions
+from app import errors, regions, retention
 
 _PROJECT_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,63}$")
 _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     max_requests_per_second: float = Field(default=20, ge=0, allow_inf_nan=False)
     ca_bundle: Path | None = None
     delete_after_misses: int = Field(default=2, ge=1, le=1000)
+    # Retention (app/retention.py); an empty value keeps for ever.
+    retain_runs_days: float | None = Field(default=90, gt=0, allow_inf_nan=False)
+    retain_deleted_days: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    prune_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    prune_interval: float = Field(default=3600, gt=0, allow_inf_nan=False)
     shutdown_grace: float = Field(default=30, ge=0, allow_inf_nan=False)
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=9108, ge=0, le=65535)
@@ -81,6 +86,19 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_choice(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("retain_runs_days", "retain_deleted_days", mode="before")
+    @classmethod
+    def _keep_for_ever(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def retention_policy(self) -> retention.Policy:
+        """The retention settings as the prune takes them."""
+        return retention.Policy(
+            runs_days=self.retain_runs_days,
+            deleted_days=self.retain_deleted_days,
+            batch_size=self.prune_batch_size,
+        )
 
     @field_validator("workspace_endpoint", "iam_endpoint")
     @classmethod

@@ -1,8 +1,10 @@
 """`snapsync status`: per project, the last run, its outcome and counts, and snapshots by status.
 
 Read from the reporting views (`project_sync_health`, ...) so the terminal report and SQL users
-see the same numbers; rendered with rich as one table per project, or as JSON for scripts
-(rich is imported only to render: `status --json` does without it).
+see the same numbers; rendered with rich as one table per project (up to DETAILED_UP_TO
+projects, or those named with --project), else one line per project, then a summary line; or as
+JSON for scripts (rich is imported only to render: `status --json` does without it). Every query
+reads by index, whatever the history holds.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import io
 import re
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -50,6 +53,7 @@ SELECT h.project_id, h.region,
        h.last_complete_listing_at, h.api_total_count AS listing_total_count, h.live_snapshots
 FROM project_sync_health AS h
 LEFT JOIN sync_runs AS r ON r.id = h.last_run_id
+WHERE CAST(:every AS boolean) OR h.project_id = ANY(CAST(:ids AS text[]))
 ORDER BY h.project_id
 """
 )
@@ -59,6 +63,7 @@ COUNTS_QUERY = text(
 SELECT project_id, status, count(*) AS n
 FROM snapshot_records
 WHERE deleted_at IS NULL
+  AND (CAST(:every AS boolean) OR project_id = ANY(CAST(:ids AS text[])))
 GROUP BY project_id, status
 ORDER BY project_id, status
 """
@@ -76,6 +81,7 @@ FROM (
     JOIN snapshots AS s USING (project_id, snapshot_id)
     WHERE h.to_status IN ('create_failed', 'restore_failed')
       AND h.observed_at >= now() - make_interval(hours => :hours)
+      AND (CAST(:every AS boolean) OR h.project_id = ANY(CAST(:ids AS text[])))
       -- a first sighting is a recent failure only for a snapshot created recently
       AND (h.from_status IS NOT NULL OR s.create_time >= now() - make_interval(hours => :hours))
 ) AS f
@@ -84,19 +90,28 @@ ORDER BY project_id, observed_at DESC
 """
 )
 
+# Per project through ix_sync_runs_failed: the newest few failures, however many runs it has.
 FAILED_RUNS_QUERY = text(
     """
-SELECT project_id, id, status, started_at, error
-FROM (
-    SELECT r.*, row_number() OVER (PARTITION BY r.project_id ORDER BY r.started_at DESC, r.id DESC)
-               AS n
+SELECT p.project_id, f.id, f.status, f.started_at, f.error
+FROM projects AS p
+CROSS JOIN LATERAL (
+    SELECT r.id, r.status, r.started_at, r.error
     FROM sync_runs AS r
-    WHERE r.status IN ('failed', 'abandoned') AND r.kind = 'full'
+    WHERE r.project_id = p.project_id AND r.status IN ('failed', 'abandoned')
+      AND r.kind = 'full'
+    ORDER BY r.started_at DESC, r.id DESC
+    LIMIT :shown
 ) AS f
-WHERE n <= :shown
-ORDER BY project_id, started_at DESC
+WHERE CAST(:every AS boolean) OR p.project_id = ANY(CAST(:ids AS text[]))
+ORDER BY p.project_id, f.started_at DESC
 """
 )
+
+# Up to this many projects, `status` shows each in full; beyond, one line each (--project
+# shows the named ones in full).
+DETAILED_UP_TO = 3
+STALE_AFTER_SECONDS = 900  # three default sync intervals, as docs/reporting.md's stale query
 
 
 @dataclass(frozen=True)
@@ -197,18 +212,21 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.astimezone(UTC).isoformat()
 
 
-async def collect(engine: AsyncEngine) -> list[ProjectStatus]:
-    """Read every project's status from the reporting views."""
+async def collect(engine: AsyncEngine, project_ids: list[str] | None = None) -> list[ProjectStatus]:
+    """Read every project's status (or the named ones') from the reporting views."""
+    narrow = {"every": not project_ids, "ids": list(project_ids or [])}
     async with engine.connect() as conn:
-        rows = (await conn.execute(STATUS_QUERY)).mappings().all()
-        by_status = (await conn.execute(COUNTS_QUERY)).all()
+        rows = (await conn.execute(STATUS_QUERY, narrow)).mappings().all()
+        by_status = (await conn.execute(COUNTS_QUERY, narrow)).all()
         failures = (
             await conn.execute(
                 RECENT_FAILURES_QUERY,
-                {"hours": RECENT_FAILURE_HOURS, "shown": RECENT_FAILURES_SHOWN},
+                {"hours": RECENT_FAILURE_HOURS, "shown": RECENT_FAILURES_SHOWN, **narrow},
             )
         ).all()
-        failed_runs = (await conn.execute(FAILED_RUNS_QUERY, {"shown": FAILED_RUNS_SHOWN})).all()
+        failed_runs = (
+            await conn.execute(FAILED_RUNS_QUERY, {"shown": FAILED_RUNS_SHOWN, **narrow})
+        ).all()
     result: dict[str, ProjectStatus] = {}
     for row in rows:
         result[row["project_id"]] = ProjectStatus(
@@ -355,14 +373,110 @@ def project_table(st: ProjectStatus, now: datetime) -> Table:
     return table
 
 
-def report(statuses: list[ProjectStatus], now: datetime) -> Group | Text:
-    """The whole report as one rich renderable."""
+def project_lines(statuses: list[ProjectStatus], now: datetime, width: int) -> Group:
+    """Every project on one line: the newest run, the last success, failures, live snapshots;
+    the error of a failed run cut to what is left of the line."""
+    from rich.console import Group
+    from rich.text import Text
+
+    header = (
+        "project",
+        "last run",
+        "started",
+        "took",
+        "last success",
+        "failures",
+        "live",
+        "api",
+        f"failed {RECENT_FAILURE_HOURS}h",
+    )
+    rows: list[list[Text]] = [[Text(h, style="bold") for h in header]]
+    for st in statuses:
+        took = (
+            f"{(st.finished_at - st.started_at).total_seconds():.1f}s"
+            if st.finished_at is not None and st.started_at is not None
+            else "-"
+        )
+        age = st.success_age_seconds(now)
+        started = (
+            "-"
+            if st.started_at is None
+            else format_age(max(0.0, (now - st.started_at).total_seconds())) + " ago"
+        )
+        rows.append(
+            [
+                shown(st.project_id),
+                Text(st.run_status or "none", style=_OUTCOME_STYLES.get(st.run_status or "", "")),
+                Text(started),
+                Text(took),
+                Text(
+                    "never" if age is None else format_age(age) + " ago",
+                    style="red" if age is None or age > STALE_AFTER_SECONDS else "",
+                ),
+                Text(
+                    str(st.consecutive_failures),
+                    style="bold red" if st.consecutive_failures else "",
+                ),
+                Text(str(st.live_snapshots)),
+                Text("-" if st.listing_total_count is None else str(st.listing_total_count)),
+                Text(str(len(st.recent_failures)), style="red" if st.recent_failures else ""),
+            ]
+        )
+    widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
+    lines = []
+    for n, row in enumerate(rows):
+        line = Text()
+        for c, cell in enumerate(row):
+            if c:
+                line.append("  ")
+            pad = " " * (widths[c] - len(cell))
+            line.append_text(cell + pad if c < 2 else Text(pad) + cell)
+        st_error = statuses[n - 1].error if n else None
+        room = width - len(line) - 2
+        if st_error and room > 10:
+            first = st_error.splitlines()[0] if st_error.strip() else st_error
+            cut = first if len(first) <= room else first[: room - 1] + "…"
+            line.append("  ")
+            line.append_text(shown(cut, "red"))
+        lines.append(line)
+    return Group(*lines)
+
+
+def summary(statuses: list[ProjectStatus], now: datetime) -> Text:
+    """One line over every project shown."""
+    from rich.text import Text
+
+    outcomes = Counter(st.run_status or "never synced" for st in statuses)
+    stale = sum(
+        1
+        for st in statuses
+        if (age := st.success_age_seconds(now)) is None or age > STALE_AFTER_SECONDS
+    )
+    failing = sum(1 for st in statuses if st.consecutive_failures)
+    live = sum(st.live_snapshots for st in statuses)
+    runs = ", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items()))
+    line = Text(f"{len(statuses)} project(s), last runs: {runs}; ")
+    line.append(
+        f"{failing} failing, {stale} without a success in {STALE_AFTER_SECONDS // 60} min",
+        style="bold red" if failing or stale else "green",
+    )
+    line.append(f"; {live} live snapshots")
+    return line
+
+
+def report(
+    statuses: list[ProjectStatus], now: datetime, *, detail: bool = True, width: int = 120
+) -> Group | Text:
+    """The whole report as one rich renderable: each project in full, or one line each; then
+    the summary line."""
     from rich.console import Group
     from rich.text import Text
 
     if not statuses:
         return Text("No project has been synced yet. Run `snapsync sync`.")
-    return Group(*(project_table(st, now) for st in statuses))
+    if detail:
+        return Group(*(project_table(st, now) for st in statuses), summary(statuses, now))
+    return Group(project_lines(statuses, now, width), Text(), summary(statuses, now))
 
 
 def default_width() -> int:
@@ -371,15 +485,26 @@ def default_width() -> int:
 
 
 def print_report(
-    statuses: list[ProjectStatus], now: datetime, console: Console | None = None
+    statuses: list[ProjectStatus],
+    now: datetime,
+    console: Console | None = None,
+    *,
+    detail: bool = True,
 ) -> None:
     """Print the report with colours when the console is a terminal."""
     from rich.console import Console
 
-    (console or Console()).print(report(statuses, now))
+    console = console or Console()
+    console.print(report(statuses, now, detail=detail, width=console.width))
 
 
-def render_text(statuses: list[ProjectStatus], now: datetime, width: int | None = None) -> str:
+def render_text(
+    statuses: list[ProjectStatus],
+    now: datetime,
+    width: int | None = None,
+    *,
+    detail: bool = True,
+) -> str:
     """The report as plain text (no colours), `width` columns wide."""
     from rich.console import Console
 
@@ -392,5 +517,5 @@ def render_text(statuses: list[ProjectStatus], now: datetime, width: int | None 
         emoji=False,
         highlight=False,
     )
-    console.print(report(statuses, now))
+    console.print(report(statuses, now, detail=detail, width=console.width))
     return "\n".join(line.rstrip() for line in console.export_text(styles=False).splitlines())

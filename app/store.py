@@ -1,23 +1,103 @@
-"""The SQL that matters: the page upsert with its history, the deletion rule's update, run rows.
+"""The SQL that matters (the page upsert with its history, the deletion rule's update, run rows,
+locks, the schedule) and the boundary where driver errors become DatabaseError.
 
-Every statement here is written once and read as SQL. Functions take an AsyncConnection and
-leave transaction control to the caller.
+Every statement here is written once and read as SQL. Functions take an AsyncConnection from
+`connect` or `advisory_lock` and leave transaction control to the caller.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import items
+from app import db, errors, items
 
-# Advisory lock namespace (first key) for "one sync of a project at a time".
+# Advisory lock namespaces (first key): "one sync of a project at a time" (the Syncer's), and
+# the daemon's schedule lock, held while it decides whether a project is due and syncs it.
 PROJECT_LOCK_CLASS = 0x534E_4150  # "SNAP"
+SCHEDULE_LOCK_CLASS = 0x534E_5343  # "SNSC"
+_TRANSIENT = sorted(items.TRANSIENT_STATUSES)
+
+# -- the boundary -------------------------------------------------------------------------
+
+# What the driver and the pool raise when PostgreSQL is away or refuses a statement.
+_DRIVER_ERRORS = (SQLAlchemyError, OSError)
+
+
+class DataRefused(errors.DatabaseError):
+    """PostgreSQL refused a value of the statement (SQLSTATE class 22 or 54), not the connection."""
+
+
+@contextlib.contextmanager
+def database_errors(context: str = "") -> Iterator[None]:
+    """The boundary: a driver error raised inside (awaits too) becomes errors.DatabaseError
+    (DataRefused for a refused value): `context` and one line without URLs or credentials."""
+    try:
+        yield
+    except _DRIVER_ERRORS as exc:
+        orig = exc.orig if isinstance(exc, DBAPIError) else None
+        code = getattr(orig, "sqlstate", None) or getattr(
+            getattr(orig, "__cause__", None), "sqlstate", None
+        )
+        refused = isinstance(code, str) and code[:2] in ("22", "54")
+        raise (DataRefused if refused else errors.DatabaseError)(
+            context + db.describe_db_error(exc)
+        ) from None
+
+
+@contextlib.asynccontextmanager
+async def connect(engine: AsyncEngine, *, begin: bool = False) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection (in a transaction committed on exit if `begin`), inside the boundary."""
+    with database_errors():
+        async with engine.begin() if begin else engine.connect() as conn:
+            yield conn
+
+
+@contextlib.asynccontextmanager
+async def advisory_lock(
+    engine: AsyncEngine, lock_class: int, project_id: str
+) -> AsyncIterator[AsyncConnection | None]:
+    """Hold a session-level advisory lock (PROJECT_LOCK_CLASS or SCHEDULE_LOCK_CLASS) of the
+    project on a connection of its own until exit, or None: another session holds it."""
+    key = {"cls": lock_class, "project_id": project_id}
+    with database_errors():
+        conn = await engine.connect()
+    try:
+        with database_errors():
+            held = await conn.scalar(
+                text("SELECT pg_try_advisory_lock(:cls, hashtext(:project_id))"), key
+            )
+            await conn.commit()  # a session-level lock outlives the transaction
+        if not held:
+            yield None
+            return
+        try:
+            yield conn
+        finally:
+            await asyncio.shield(_unlock(conn, key))
+    finally:
+        with contextlib.suppress(*_DRIVER_ERRORS):
+            await asyncio.shield(conn.close())
+
+
+async def _unlock(conn: AsyncConnection, key: dict[str, Any]) -> None:
+    """Release the lock (rolling back what the holder left open), or drop the connection."""
+    try:
+        await conn.rollback()
+        await conn.execute(text("SELECT pg_advisory_unlock(:cls, hashtext(:project_id))"), key)
+        await conn.commit()
+    except _DRIVER_ERRORS:
+        with contextlib.suppress(*_DRIVER_ERRORS):
+            await conn.invalidate()
+
 
 # The last column of UPSERT_PAGE and MARK_MISSING: when the statement wrote history rows,
 # announce them with NOTIFY snapsync_transitions (sent at commit, so only for rows that exist).
@@ -68,6 +148,24 @@ ANNOUNCE_TRANSITIONS = """(SELECT count(*) FROM (
     WHERE t.n > 0
 ) AS sent)"""
 
+# A CTE of UPSERT_PAGE and MARK_MISSING, after `history`: each new history row closes the
+# snapshot's open one (left_by IS NULL) with the closing facts, in the same statement, so the
+# views read periods and durations from the row instead of pairing rows with a window. The
+# UPDATE sees the table as it was before the statement, so the rows just written stay open.
+# The array keeps the lookups on ix_snapshot_status_history_snapshot whatever the statistics.
+CLOSE_HISTORY = """closed AS (
+    UPDATE snapshot_status_history AS c SET
+        next_id = n.id,
+        next_status = n.to_status,
+        left_after = n.previous_observed_at,
+        left_by = n.observed_at
+    FROM history AS n
+    WHERE c.project_id = :project_id
+      AND c.snapshot_id = ANY(ARRAY(SELECT snapshot_id FROM history))
+      AND c.snapshot_id = n.snapshot_id
+      AND c.left_by IS NULL
+)"""
+
 UPSERT_PAGE = text(
     """
 WITH incoming AS (
@@ -97,11 +195,11 @@ WITH incoming AS (
 ),
 old AS (
     SELECT r.snapshot_id, r.status, r.deleted_at, r.missed_listings, r.last_seen_at,
-           r.status_seen_at, r.raw
+           r.status_seen_at, r.raw, r.desktop_id
     FROM snapshot_records AS r
     -- An array, not a join: a join lets the planner hash the project's every row when its
     -- statistics are stale (a first sync), which made each page cost O(project size).
-    -- :absent says the caller knows none of the ids is stored (KnownState.complete): then
+    -- :absent says the caller knows none of the ids is stored (KnownState.no_deleted_rows): then
     -- there is nothing to look up.
     WHERE NOT CAST(:absent AS boolean)
       AND r.project_id = :project_id
@@ -149,7 +247,7 @@ upserted AS (
     WHERE r.content_hash IS DISTINCT FROM EXCLUDED.content_hash
        OR r.deleted_at IS NOT NULL
        OR r.missed_listings <> 0
-    RETURNING r.snapshot_id, r.status, r.process, r.raw
+    RETURNING r.snapshot_id, r.status, r.process, r.raw, r.desktop_id
 ),
 history AS (
     INSERT INTO snapshot_status_history (
@@ -172,7 +270,20 @@ history AS (
     LEFT JOIN old AS o ON o.snapshot_id = u.snapshot_id
     WHERE o.snapshot_id IS NULL OR o.deleted_at IS NOT NULL OR o.status IS DISTINCT FROM u.status
     ORDER BY u.snapshot_id
-    RETURNING id, from_status, to_status
+    RETURNING id, snapshot_id, from_status, to_status, observed_at, previous_observed_at
+),
+"""
+    + CLOSE_HISTORY
+    + """,
+desktops AS (
+    -- The rows of desktop_snapshot_coverage: a desktop is new when a snapshot of it is.
+    INSERT INTO snapshot_desktops (project_id, desktop_id)
+    SELECT DISTINCT :project_id, u.desktop_id
+    FROM upserted AS u
+    LEFT JOIN old AS o ON o.snapshot_id = u.snapshot_id
+    WHERE u.desktop_id IS NOT NULL
+      AND (o.snapshot_id IS NULL OR o.desktop_id IS DISTINCT FROM u.desktop_id)
+    ON CONFLICT DO NOTHING
 )
 SELECT
     (SELECT count(*) FROM upserted AS u LEFT JOIN old AS o ON o.snapshot_id = u.snapshot_id
@@ -214,8 +325,11 @@ history AS (
     FROM missed AS m
     WHERE m.deleted_at IS NOT NULL
     ORDER BY m.snapshot_id
-    RETURNING id, from_status, to_status
-)
+    RETURNING id, snapshot_id, from_status, to_status, observed_at, previous_observed_at
+),
+"""
+    + CLOSE_HISTORY
+    + """
 SELECT (SELECT count(*) FROM missed) AS missed, (SELECT count(*) FROM history) AS deleted,
     """
     + ANNOUNCE_TRANSITIONS
@@ -310,11 +424,11 @@ class KnownState:
 
     # snapshot_id -> content hash, or None when the row must be rewritten when seen
     # (it was missing from a complete listing).
-    hashes: dict[str, int | None]
-    last_listing_at: datetime | None
-    # `hashes` covers every row the project has (it has no deleted rows; the sync adds what it
-    # writes), so an id missing from it is missing from the table too.
-    complete: bool = False
+    hashes: dict[str, int | None] = field(default_factory=dict)
+    last_listing_at: datetime | None = None
+    # The project has no deleted rows, so `hashes` covers every row it has (the sync adds what
+    # it writes): an id missing from it is missing from the table too.
+    no_deleted_rows: bool = False
 
 
 async def load_known_state(conn: AsyncConnection, project_id: str) -> KnownState:
@@ -334,7 +448,7 @@ async def load_known_state(conn: AsyncConnection, project_id: str) -> KnownState
         )
     ).one()
     hashes: dict[str, int | None] = dict(zip(ids, digests, strict=True))
-    return KnownState(hashes=hashes, last_listing_at=last, complete=not has_deleted)
+    return KnownState(hashes=hashes, last_listing_at=last, no_deleted_rows=not has_deleted)
 
 
 async def lookup_keys(
@@ -405,9 +519,10 @@ async def in_flight_counts(conn: AsyncConnection) -> dict[str, int]:
     result = await conn.execute(
         text(
             "SELECT project_id, count(*) FROM snapshot_records "
-            "WHERE status IN ('creating', 'restoring') AND deleted_at IS NULL "
+            "WHERE status = ANY(CAST(:transient AS text[])) AND deleted_at IS NULL "
             "GROUP BY project_id"
-        )
+        ),
+        {"transient": _TRANSIENT},
     )
     return {project_id: int(n) for project_id, n in result}
 
@@ -418,28 +533,31 @@ async def load_in_flight(conn: AsyncConnection, project_id: str) -> list[InFligh
         text(
             "SELECT snapshot_id, status, content_hash, desktop_id, snapshot_name "
             "FROM snapshot_records WHERE project_id = :project_id "
-            "AND status IN ('creating', 'restoring') AND deleted_at IS NULL"
+            "AND status = ANY(CAST(:transient AS text[])) AND deleted_at IS NULL"
         ),
-        {"project_id": project_id},
+        {"project_id": project_id, "transient": _TRANSIENT},
     )
     return [InFlight(*row) for row in result]
 
 
 async def claim_hot_poll(
     conn: AsyncConnection, *, project_id: str, now: datetime, min_gap: float
-) -> bool:
+) -> tuple[bool, datetime | None]:
     """Record a poll of the project's in-flight snapshots unless one (by any replica) was
-    made less than `min_gap` seconds ago."""
-    claimed = await conn.scalar(
-        text(
-            "UPDATE projects SET last_hot_poll_at = CAST(:now AS timestamptz) "
-            "WHERE project_id = :project_id AND (last_hot_poll_at IS NULL "
-            "OR last_hot_poll_at <= CAST(:now AS timestamptz) - make_interval(secs => :gap)) "
-            "RETURNING true"
-        ),
-        {"project_id": project_id, "now": now, "gap": min_gap},
-    )
-    return bool(claimed)
+    made less than `min_gap` seconds ago; whether it was recorded, and when the project's
+    newest complete listing started."""
+    row = (
+        await conn.execute(
+            text(
+                "UPDATE projects SET last_hot_poll_at = CAST(:now AS timestamptz) "
+                "WHERE project_id = :project_id AND (last_hot_poll_at IS NULL "
+                "OR last_hot_poll_at <= CAST(:now AS timestamptz) - make_interval(secs => :gap)) "
+                "RETURNING last_listing_at"
+            ),
+            {"project_id": project_id, "now": now, "gap": min_gap},
+        )
+    ).first()
+    return row is not None, None if row is None else row.last_listing_at
 
 
 async def touch_status_seen(
@@ -459,23 +577,42 @@ async def touch_status_seen(
     )
 
 
-# -- runs ---------------------------------------------------------------------------------
+# -- runs and the schedule ----------------------------------------------------------------
 
 
-async def try_lock_project(conn: AsyncConnection, project_id: str) -> bool:
-    """Take the project's session-level advisory lock on this connection, without waiting."""
-    locked = await conn.scalar(
-        text("SELECT pg_try_advisory_lock(:cls, hashtext(:project_id))"),
-        {"cls": PROJECT_LOCK_CLASS, "project_id": project_id},
+async def newest_full_run_started(conn: AsyncConnection, project_id: str) -> datetime | None:
+    """When the project's newest full run (by any process) started; None if it has none."""
+    started: datetime | None = await conn.scalar(
+        text(
+            "SELECT started_at FROM sync_runs WHERE project_id = :project_id AND kind = 'full' "
+            "ORDER BY started_at DESC LIMIT 1"
+        ),
+        {"project_id": project_id},
     )
-    return bool(locked)
+    return started
 
 
-async def unlock_project(conn: AsyncConnection, project_id: str) -> None:
-    await conn.execute(
-        text("SELECT pg_advisory_unlock(:cls, hashtext(:project_id))"),
-        {"cls": PROJECT_LOCK_CLASS, "project_id": project_id},
+async def last_successes(
+    conn: AsyncConnection, project_ids: Sequence[str]
+) -> dict[str, datetime | None]:
+    """When each project's newest full run that succeeded finished (None: never)."""
+    rows = await conn.execute(
+        text(
+            """
+SELECT p.project_id, s.finished_at
+FROM unnest(CAST(:project_ids AS text[])) AS p(project_id)
+LEFT JOIN LATERAL (
+    SELECT r.finished_at
+    FROM sync_runs AS r
+    WHERE r.project_id = p.project_id AND r.status = 'succeeded' AND r.kind = 'full'
+    ORDER BY r.started_at DESC
+    LIMIT 1
+) AS s ON true
+"""
+        ),
+        {"project_ids": list(project_ids)},
     )
+    return {row[0]: row[1] for row in rows}
 
 
 async def abandon_stale_runs(conn: AsyncConnection, project_id: str) -> int:

@@ -122,6 +122,24 @@ async def test_sync_rides_out_throttling_and_server_errors(
         assert "retry" in result.stderr
 
 
+async def test_a_retry_warning_during_a_sync_carries_the_project_and_run_ids(
+    database_url: str, sql: asyncpg.Connection, workdir: Path
+) -> None:
+    async with serve(projects=1, snapshots=30) as sim:
+        pid = sim.project_ids[0]
+        busy = {"status": 503, "body": '{"error_code": "WKS.0500", "error_msg": "busy"}'}
+        await sim.control("POST", f"/_sim/projects/{pid}/raw-pages", [busy])
+        env = {**sim.env(), "SNAPSYNC_PAGE_SIZE": "10", "SNAPSYNC_LOG_FORMAT": "json"}
+        result = await sync(env, database_url, workdir)
+        assert result.code == 0, result.output
+        run_id = await sql.fetchval("SELECT id FROM sync_runs WHERE project_id = $1", pid)
+    entries = [json.loads(line) for line in result.stderr.splitlines()]
+    retries = [e for e in entries if e["message"].startswith("retry 1/")]
+    assert len(retries) == 1, result.stderr
+    assert retries[0]["logger"] == "app.client" and "HTTP 503" in retries[0]["message"]
+    assert (retries[0]["project_id"], retries[0]["run_id"]) == (pid, run_id)
+
+
 async def test_no_retry_on_403_and_clear_errors_on_unusable_answers(
     database_url: str, sql: asyncpg.Connection, workdir: Path
 ) -> None:

@@ -17,8 +17,7 @@ from rich.text import Text
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import health, status
-from app.demo.dashboard import short_id
+from app import health, progress, status
 
 SLOWEST_CREATIONS = 5
 
@@ -159,9 +158,10 @@ def render_report(report: Report, *, seconds: float, stopped_by: str) -> list[Re
     out.append(_table(["from", "to", "count"], transitions) if transitions else Text("none yet"))
 
     out.append(_heading("Slowest creations (how long each was seen creating: at least-at most)"))
+    names = progress.short_ids([c.project_id for c in report.slowest])
     slowest: list[Row] = [
         (
-            short_id(c.project_id),
+            names[c.project_id],
             c.snapshot_name or "",
             c.desktop_name or "",
             c.outcome,

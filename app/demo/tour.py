@@ -13,10 +13,9 @@ from typing import Any
 
 from pydantic import SecretStr
 from rich.console import Console
-from sqlalchemy.exc import SQLAlchemyError
 
 from app import daemon as daemon_module
-from app import db, errors, health
+from app import db, health, store
 from app import settings as settings_module
 from app.demo import explore, report, saved
 from app.demo.dashboard import Dashboard, show_progress
@@ -107,10 +106,8 @@ async def run_demo(base: settings_module.Settings, options: DemoOptions, console
         console.print(f"snapsync demo: {where}: migrating …", highlight=False, soft_wrap=True)
         engine = db.make_engine(url, pool_size=2)
         stack.push_async_callback(engine.dispose)
-        try:
+        with store.database_errors("migration failed: "):
             await db.migrate(engine)
-        except (SQLAlchemyError, OSError) as exc:
-            raise errors.DatabaseError(f"migration failed: {db.describe_db_error(exc)}") from None
 
         population = await asyncio.to_thread(_build_population, sim_options, resumed.ticks)
         sim = await stack.enter_async_context(simulator.running(sim_options, population=population))
@@ -145,17 +142,13 @@ async def run_demo(base: settings_module.Settings, options: DemoOptions, console
         stopped_by = await _run_for(daemon, run, dashboard, console, options.duration)
         seconds = time.monotonic() - began
 
-        try:
+        with store.database_errors("cannot read the report: "):
             found = await report.collect_report(
                 engine,
                 project_ids=sim.project_ids,
                 since=since,
                 stale_after=health.STALE_INTERVALS * settings.sync_interval,
             )
-        except (SQLAlchemyError, OSError) as exc:
-            raise errors.DatabaseError(
-                f"cannot read the report: {db.describe_db_error(exc)}"
-            ) from None
         for renderable in report.render_report(found, seconds=seconds, stopped_by=stopped_by):
             console.print(renderable)
         console.print()
