@@ -57,8 +57,19 @@ class Authenticator(Protocol):
         """Return the request to send, with its credentials."""
         ...
 
+    async def prepare_account(
+        self, *, method: str, url: str, params: Sequence[tuple[str, str]], headers: dict[str, str]
+    ) -> PreparedRequest:
+        """The same for a request about the account rather than one project (IAM's listing of
+        the projects the credentials reach)."""
+        ...
+
     async def unauthorized(self, *, project_id: str, region: str) -> bool:
         """The API answered 401; return True when fresh credentials make a retry worthwhile."""
+        ...
+
+    async def account_unauthorized(self) -> bool:
+        """The same for a request about the account."""
         ...
 
     async def close(self) -> None:
@@ -88,8 +99,16 @@ class TokenAuth:
     ) -> PreparedRequest:
         return _with_token(url, params, headers, self._token)
 
+    async def prepare_account(
+        self, *, method: str, url: str, params: Sequence[tuple[str, str]], headers: dict[str, str]
+    ) -> PreparedRequest:
+        return _with_token(url, params, headers, self._token)
+
     async def unauthorized(self, *, project_id: str, region: str) -> bool:
         return False  # a static token does not get better by asking again
+
+    async def account_unauthorized(self) -> bool:
+        return False
 
     async def close(self) -> None:
         return None
@@ -107,6 +126,19 @@ class AkSkAuth:
 
     def __repr__(self) -> str:
         return "AkSkAuth(access_key=**********, secret_key=**********)"
+
+    async def prepare_account(
+        self, *, method: str, url: str, params: Sequence[tuple[str, str]], headers: dict[str, str]
+    ) -> PreparedRequest:
+        return await self.prepare(
+            method=method,
+            url=url,
+            params=params,
+            headers=headers,
+            body=b"",
+            project_id="",
+            region="",
+        )
 
     async def prepare(
         self,
@@ -128,12 +160,16 @@ class AkSkAuth:
             access_key=self._access_key,
             secret_key=self._secret_key,
             security_token=self._security_token,
-            project_id=project_id,
+            # "" is the account (prepare_account): IAM's account-wide calls carry no project.
+            project_id=project_id or None,
         )
         return PreparedRequest(url=signed.url, headers=dict(signed.headers))
 
     async def unauthorized(self, *, project_id: str, region: str) -> bool:
         return False  # a rejected signature stays rejected: the keys or the clock are wrong
+
+    async def account_unauthorized(self) -> bool:
+        return False
 
     async def close(self) -> None:
         return None
@@ -145,8 +181,13 @@ class _IamToken:
     expires_at: datetime
 
 
+# The key of the account-scoped token among the project-scoped ones (no project id is empty).
+_ACCOUNT = ""
+
+
 class IamPasswordAuth:
-    """`SNAPSYNC_AUTH=password`: one project-scoped IAM token per project, in memory only.
+    """`SNAPSYNC_AUTH=password`: one project-scoped IAM token per project, in memory only, and
+    one scoped to the account for IAM's listing of the projects (SNAPSYNC_PROJECTS=auto).
 
     A token is shared by every request of its project, renewed ahead of expiry and at once
     after a 401; concurrent requests of one project never log in twice.
@@ -187,6 +228,16 @@ class IamPasswordAuth:
         token = await self._token(project_id, region)
         return _with_token(url, params, headers, token.value)
 
+    async def prepare_account(
+        self, *, method: str, url: str, params: Sequence[tuple[str, str]], headers: dict[str, str]
+    ) -> PreparedRequest:
+        token = await self._token(_ACCOUNT, self._settings.region)
+        return _with_token(url, params, headers, token.value)
+
+    async def account_unauthorized(self) -> bool:
+        self._tokens.pop(_ACCOUNT, None)
+        return True
+
     async def unauthorized(self, *, project_id: str, region: str) -> bool:
         self._tokens.pop(project_id, None)
         return True
@@ -212,7 +263,14 @@ class IamPasswordAuth:
         return datetime.now(UTC) >= token.expires_at - RENEW_AHEAD
 
     async def _login(self, project_id: str, region: str) -> _IamToken:
+        """Log in scoped to `project_id`, or (_ACCOUNT) to the account SNAPSYNC_IAM_DOMAIN."""
         url = self._settings.iam_endpoint_for(region) + "/v3/auth/tokens?nocatalog=true"
+        scope: dict[str, Any] = (
+            {"domain": {"name": self._domain}}
+            if project_id == _ACCOUNT
+            else {"project": {"id": project_id}}
+        )
+        subject = project_id or "(account)"  # what the errors name
         body = {
             "auth": {
                 "identity": {
@@ -225,7 +283,7 @@ class IamPasswordAuth:
                         }
                     },
                 },
-                "scope": {"project": {"id": project_id}},
+                "scope": scope,
             }
         }
         timeout = aiohttp.ClientTimeout(total=self._settings.request_timeout)
@@ -240,22 +298,25 @@ class IamPasswordAuth:
                     request_id = response.headers.get("X-Request-Id")
             except aiohttp.ClientSSLError as exc:
                 raise errors.TransportError(
-                    project_id=project_id,
+                    project_id=subject,
                     reason=f"TLS failed at the IAM login ({exc}); if a private CA signs the "
                     "endpoint's certificate, point SNAPSYNC_CA_BUNDLE at it",
                     retryable=False,
                 ) from None
             except (TimeoutError, aiohttp.ClientError) as exc:
                 failure: errors.ProjectError = errors.TransportError(
-                    project_id=project_id,
+                    project_id=subject,
                     reason=f"IAM login at {url.split('?')[0]} failed: {type(exc).__name__} {exc}",
                 )
             else:
                 if status in (200, 201) and token_value:
                     self.logins += 1
-                    log.info("logged in to IAM", extra={"project_id": project_id})
+                    log.info(
+                        "logged in to IAM",
+                        extra={"project_id": project_id} if project_id else {},
+                    )
                     return _IamToken(token_value, _expiry(raw))
-                failure = _iam_error(project_id, status, raw, request_id)
+                failure = _iam_error(subject, status, raw, request_id)
                 if status not in errors.RETRYABLE_STATUSES:
                     raise failure
             if attempt + 1 < LOGIN_ATTEMPTS:

@@ -24,8 +24,8 @@ import app
 from app import errors
 
 if TYPE_CHECKING:
+    from app import runtime, sync
     from app import settings as settings_module
-    from app import sync
 
 T = TypeVar("T")
 
@@ -45,6 +45,8 @@ def reported_errors() -> Iterator[None]:
         yield
     except errors.ConfigError as exc:
         fail(f"configuration error: {exc}", EXIT_CONFIG)
+    except errors.DiscoveryError as exc:
+        fail(f"discovery failed: {exc}", EXIT_FAILED)
     except errors.DatabaseError as exc:
         fail(f"database error: {exc}", EXIT_FAILED)
 
@@ -149,6 +151,7 @@ def sync_command(project_ids: tuple[str, ...], quiet: bool) -> None:
     """One full sync pass of every configured project (or those named), in parallel.
 
     On a terminal, stderr shows a live line per project and an overall bar while it runs.
+    With SNAPSYNC_PROJECTS=auto and no --project, the projects come from IAM first.
     """
     with reported_errors():
         settings = load()
@@ -158,7 +161,8 @@ def sync_command(project_ids: tuple[str, ...], quiet: bool) -> None:
         if live and "log_level" not in settings.model_fields_set:
             # The view says what INFO lines would; warnings and errors still print above it.
             logging.getLogger().setLevel(logging.WARNING)
-        results = run_async(lambda: sync_projects(settings, projects, live=live))
+        discover = settings.discovers and not project_ids
+        results = run_async(lambda: sync_projects(settings, projects, live=live, discover=discover))
     for result in results:
         click.echo(result.summary())
     failed = [r for r in results if r.status == "failed"]
@@ -166,14 +170,21 @@ def sync_command(project_ids: tuple[str, ...], quiet: bool) -> None:
 
 
 async def sync_projects(
-    settings: settings_module.Settings, projects: list[settings_module.Project], *, live: bool
+    settings: settings_module.Settings,
+    projects: list[settings_module.Project],
+    *,
+    live: bool,
+    discover: bool = False,
 ) -> list[sync.RunResult]:
-    """One pass over `projects`; with `live`, drawn by app.progress on stderr meanwhile."""
+    """One pass over `projects` (with `discover`, over those IAM lists); with `live`, drawn by
+    app.progress on stderr meanwhile."""
     from app import runtime
 
     if not live:
         async with runtime.open_runtime(settings) as built:
             assert built is not None  # without `ready`, a wrong schema raises instead
+            if discover:
+                projects = await discovered(built, settings)
             return await built.syncer.sync_all(projects)
     from rich.console import Console
 
@@ -190,9 +201,28 @@ async def sync_projects(
         on_finished=tracker.on_finished,
     ) as built:
         assert built is not None
+        if discover:
+            # Before the view: the probes of the discovery are no lines of it.
+            projects = await discovered(built, settings)
+            tracker.project_ids = [p.project_id for p in projects]
+            tracker.lines = {pid: progress.ProjectLine(pid) for pid in tracker.project_ids}
         tracker.started = time.monotonic()
         async with progress.shown(progress.sync_view(tracker), Console(stderr=True)):
             return await built.syncer.sync_all(projects)
+
+
+async def discovered(
+    built: runtime.Runtime, settings: settings_module.Settings
+) -> list[settings_module.Project]:
+    """SNAPSYNC_PROJECTS=auto: the projects IAM lists that Workspace serves; ConfigError when
+    there are none."""
+    from app import discovery
+
+    found = await discovery.discover(built, settings)
+    nothing = found.nothing_served()
+    if nothing is not None:
+        raise nothing
+    return found.projects
 
 
 def select_projects(
@@ -251,6 +281,10 @@ def status(as_json: bool, project_ids: tuple[str, ...]) -> None:
             status_module.print_report(statuses, now, detail=detail)
         else:
             click.echo(status_module.render_text(statuses, now, detail=detail))
+        if not project_ids:
+            from app import discovery
+
+            click.echo(discovery.source_line(settings, [s.project_id for s in statuses]))
 
 
 @cli.command()

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import (
     client,
     dbwatch,
+    discovery,
     errors,
     health,
     lifecycle,
@@ -50,6 +51,9 @@ _T = TypeVar("_T")
 GRACE_VARIABLE = "SNAPSYNC_SHUTDOWN_GRACE"
 DEFAULT_SHUTDOWN_GRACE = 30.0
 HOT_LANE_JOB = "hot-lane"
+DISCOVERY_JOB = "discovery"
+# While no discovery has found a project yet, the next one comes this soon at the latest.
+DISCOVERY_RETRY_SECONDS = 60.0
 HOT_LANE_CONCURRENCY = 4
 
 
@@ -104,7 +108,10 @@ class _DropOverrunWarning(logging.Filter):
 
 
 class Daemon:
-    """Syncs the configured projects on their interval until `stop()` or SIGTERM/SIGINT."""
+    """Syncs the configured projects on their interval until `stop()` or SIGTERM/SIGINT.
+
+    With SNAPSYNC_PROJECTS=auto (and no `projects` given) the projects come from a discovery
+    at start and again every SNAPSYNC_DISCOVERY_INTERVAL (see `_discover`)."""
 
     def __init__(
         self,
@@ -119,6 +126,7 @@ class Daemon:
     ) -> None:
         self._settings = settings
         self._projects = list(projects) if projects is not None else settings.require_projects()
+        self._discovering = projects is None and settings.discovers
         self._extra_progress = on_progress
         self._extra_finished = on_finished
         self._serve_http = serve_http
@@ -144,6 +152,8 @@ class Daemon:
         self._active = self._lifecycle.active
         self._tracked = self._lifecycle.tracked
         self._prune_loop = self._pruner.loop
+        self.metrics.show_projects(self._projects, "configured")
+        self._runtime: runtime.Runtime | None = None
         self._syncer: sync.Syncer | None = None
         self._client: client.WorkspaceClient | None = None
         self._scheduler: AsyncIOScheduler | None = None
@@ -200,6 +210,9 @@ class Daemon:
                 if built is None:
                     return
                 engine, self._client, self._syncer = built.engine, built.client, built.syncer
+                self._runtime = built
+                if self._discovering:
+                    await self._discover()
                 monitor = asyncio.create_task(
                     self._watch.monitor(
                         engine, stopping=lambda: self._stopping, on_back=self._run_jobs_now
@@ -279,16 +292,19 @@ class Daemon:
         jitter = jitter_for(self._interval)
         now = datetime.now(UTC)
         for project in self._projects:
+            self._add_sync_job(scheduler, project, now)
+        if self._discovering:
+            every = self._settings.discovery_interval
+            first = every if self._projects else min(every, DISCOVERY_RETRY_SECONDS)
             scheduler.add_job(
-                self._job,
-                IntervalTrigger(seconds=self._interval, jitter=jitter or None, timezone=UTC),
-                args=[project],
-                id=project.project_id,
-                name=f"sync {project.project_id}",
+                self._discovery_job,
+                IntervalTrigger(seconds=every, timezone=UTC),
+                id=DISCOVERY_JOB,
+                name="discovery",
                 max_instances=1,
                 coalesce=True,
                 misfire_grace_time=None,
-                next_run_time=now + timedelta(seconds=random.uniform(0, jitter)),
+                next_run_time=now + timedelta(seconds=first),
             )
         scheduler.add_job(
             self._hot_job,
@@ -310,6 +326,88 @@ class Daemon:
             self._settings.max_concurrent_projects,
         )
         return scheduler
+
+    def _add_sync_job(
+        self, scheduler: AsyncIOScheduler, project: settings_module.Project, now: datetime
+    ) -> None:
+        jitter = jitter_for(self._interval)
+        scheduler.add_job(
+            self._job,
+            IntervalTrigger(seconds=self._interval, jitter=jitter or None, timezone=UTC),
+            args=[project],
+            id=project.project_id,
+            name=f"sync {project.project_id}",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            next_run_time=now + timedelta(seconds=random.uniform(0, jitter)),
+        )
+
+    # -- discovery (SNAPSYNC_PROJECTS=auto) -------------------------------------------------------
+
+    async def _discovery_job(self) -> None:
+        """One firing of the discovery job, counted as running work for the shutdown."""
+        if self._stopping:
+            return
+        with self._tracked("the discovery"):
+            await self._discover()
+
+    async def _discover(self) -> None:
+        """Ask IAM for the projects again: a new one gets a sync job, one no longer listed
+        stops being synced (its data stays). When IAM does not list them, or lists none
+        Workspace serves, the projects known so far keep being synced."""
+        built = self._runtime
+        assert built is not None
+        try:
+            found = await discovery.discover(built, self._settings)
+        except errors.DiscoveryError as exc:
+            self.metrics.show_discovery(None)
+            self._discovery_failed(str(exc))
+            return
+        self.metrics.show_discovery(found.skipped)
+        nothing = found.nothing_served()
+        if nothing is not None:
+            self._discovery_failed(str(nothing))
+            return
+        self._use_projects(found.projects)
+
+    def _discovery_failed(self, problem: str) -> None:
+        log.error(
+            "%s; still syncing the %d project(s) known before, asking again in %gs",
+            problem,
+            len(self._projects),
+            self._settings.discovery_interval
+            if self._projects
+            else min(self._settings.discovery_interval, DISCOVERY_RETRY_SECONDS),
+        )
+        job = self._scheduler.get_job(DISCOVERY_JOB) if self._scheduler is not None else None
+        if job is not None and not self._projects:
+            soon = min(self._settings.discovery_interval, DISCOVERY_RETRY_SECONDS)
+            job.modify(next_run_time=datetime.now(UTC) + timedelta(seconds=soon))
+
+    def _use_projects(self, projects: Sequence[settings_module.Project]) -> None:
+        """Sync `projects` from now on: jobs for the new ones, none for those gone."""
+        before = {p.project_id: p for p in self._projects}
+        after = {p.project_id: p for p in projects}
+        scheduler = self._scheduler
+        for pid, project in before.items():
+            if after.get(pid) == project:
+                continue
+            if scheduler is not None and scheduler.get_job(pid) is not None:
+                scheduler.remove_job(pid)
+            if pid not in after:
+                self._watch.last_success.pop(pid, None)
+                with logs.context(project_id=pid):
+                    log.info("no longer listed by IAM: not synced any more, its data is kept")
+        self._projects = list(projects)
+        self.metrics.show_projects(self._projects, "discovered")
+        now = datetime.now(UTC)
+        for pid, project in after.items():
+            if before.get(pid) != project:
+                with logs.context(project_id=pid):
+                    log.info("discovered in %s: synced from now on", project.region)
+                if scheduler is not None:
+                    self._add_sync_job(scheduler, project, now)
 
     async def _hot_job(self) -> None:
         """The fast lane: every SNAPSYNC_HOT_INTERVAL, re-read the in-flight snapshots of the

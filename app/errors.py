@@ -151,5 +151,9 @@ class PagingError(ProjectError):
     """Paging ran away: pages past `total_count`, or empty pages before it."""
 
 
+class DiscoveryError(SnapsyncError):
+    """IAM did not list the projects the credentials reach (SNAPSYNC_PROJECTS=auto)."""
+
+
 class DatabaseError(SnapsyncError):
     """PostgreSQL is unreachable or refused a statement."""

@@ -24,7 +24,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app import sync
+from app import discovery, sync
+from app import settings as settings_module
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OUTCOMES = ("succeeded", "failed", "skipped")
@@ -150,12 +151,82 @@ class Metrics:
             buckets=WINDOW_BUCKETS,
             registry=r,
         )
+        self.project_info = Gauge(
+            "snapsync_project_info",
+            "1 for each project this process syncs, with its region and where it came from "
+            "(configured: SNAPSYNC_PROJECTS; discovered: SNAPSYNC_PROJECTS=auto).",
+            ["project_id", "region", "source"],
+            registry=r,
+        )
+        self.project_skipped = Gauge(
+            "snapsync_project_skipped_info",
+            "1 for each discovered project the last discovery skipped, and why "
+            "(workspace_forbidden: 403; workspace_not_found: 404).",
+            ["project_id", "region", "reason"],
+            registry=r,
+        )
+        self.projects_skipped = Gauge(
+            "snapsync_projects_skipped",
+            "Discovered projects the last discovery skipped, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.discovery_runs = Counter(
+            "snapsync_discovery_runs",
+            "Discoveries of the projects through IAM (SNAPSYNC_PROJECTS=auto) by outcome "
+            "(failed: IAM did not list them).",
+            ["outcome"],
+            registry=r,
+        )
+        self.discovery_last_run = Gauge(
+            "snapsync_discovery_last_run_timestamp_seconds",
+            "Unix time the newest discovery ended, whatever its outcome.",
+            registry=r,
+        )
+        self.discovery_last_success = Gauge(
+            "snapsync_discovery_last_success_timestamp_seconds",
+            "Unix time the newest discovery that got IAM's list of the projects ended.",
+            registry=r,
+        )
         self.data = DatabaseView(self._project_ids)
         r.register(self.data)
         # process_start_time_seconds and friends: the rules tell "never synced since the
         # daemon started" from "just started".
         ProcessCollector(registry=r)
-        for pid in self._project_ids:
+        self._label(self._project_ids)
+
+    def show_projects(self, projects: Iterable[settings_module.Project], source: str) -> None:
+        """The projects now synced: their info gauge, their labels, the database gauges."""
+        chosen = list(projects)
+        self.project_info.clear()
+        for project in chosen:
+            self.project_info.labels(project.project_id, project.region, source).set(1)
+        ids = [p.project_id for p in chosen]
+        self._label([pid for pid in ids if pid not in self._project_ids])
+        self._project_ids = ids
+        self.data.set_projects(ids)
+
+    def show_discovery(self, skipped: Iterable[discovery.Skipped] | None) -> None:
+        """A discovery ended: when, and what it skipped; None: IAM did not list the projects
+        (what the previous one skipped stays shown)."""
+        now = time.time()
+        self.discovery_runs.labels("failed" if skipped is None else "succeeded").inc()
+        self.discovery_last_run.set(now)
+        if skipped is None:
+            return
+        self.discovery_last_success.set(now)
+        self.project_skipped.clear()
+        for reason in discovery.SKIP_REASONS.values():
+            self.projects_skipped.labels(reason).set(0)
+        for item in skipped:
+            self.project_skipped.labels(
+                item.project.project_id, item.project.region, item.reason
+            ).set(1)
+            self.projects_skipped.labels(item.reason).inc()
+
+    def _label(self, project_ids: Iterable[str]) -> None:
+        """Create the per-project series at zero, so they exist before the first sync."""
+        for pid in project_ids:
             for outcome in OUTCOMES:
                 self.sync_runs.labels(pid, outcome)
             self.sync_duration.labels(pid)
@@ -227,6 +298,10 @@ class DatabaseView(Collector):
         self._last_success: dict[str, float] = {}
         self._by_status: dict[tuple[str, str], int] = {}
         self.by_status_read_at: float | None = None  # time.monotonic() of the last refresh
+
+    def set_projects(self, project_ids: Sequence[str]) -> None:
+        """The projects whose gauges are reported from now on."""
+        self._project_ids = list(project_ids)
 
     def set_last_success(self, values: dict[str, datetime | None]) -> None:
         """Newest successful run of each project, as the database says (any replica's)."""

@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import auth, client, db, sync
@@ -16,9 +17,12 @@ from app import settings as settings_module
 
 @dataclass(frozen=True)
 class Runtime:
-    """The engine, the API client and the Syncer of one process."""
+    """The engine, the HTTP session, the authenticator, the API client and the Syncer of one
+    process."""
 
     engine: AsyncEngine
+    session: aiohttp.ClientSession
+    authenticator: auth.Authenticator
     client: client.WorkspaceClient
     syncer: sync.Syncer
 
@@ -67,4 +71,10 @@ async def open_runtime(
             on_progress=on_progress,
             on_finished=on_finished,
         )
-        yield Runtime(engine=engine, client=workspace, syncer=syncer)
+        yield Runtime(
+            engine=engine,
+            session=session,
+            authenticator=authenticator,
+            client=workspace,
+            syncer=syncer,
+        )

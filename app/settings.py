@@ -16,6 +16,8 @@ from app import errors, regions, retention
 
 _PROJECT_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,63}$")
 _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+# SNAPSYNC_PROJECTS=auto: every project IAM lists for the credentials, in Workspace regions.
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     data_dir: Path = Path(".snapsync")
     projects: str = ""
+    # With SNAPSYNC_PROJECTS=auto: the regions to keep (comma-separated); empty: every one.
+    regions: str = ""
     region: str = "cn-north-4"
     # None: each region's endpoints come from the region table (app/regions.py).
     workspace_endpoint: str | None = None
@@ -54,6 +58,7 @@ class Settings(BaseSettings):
     auth_token: SecretStr | None = None
     sync_interval: float = Field(default=300, gt=0, allow_inf_nan=False)
     hot_interval: float = Field(default=15, gt=0, allow_inf_nan=False)
+    discovery_interval: float = Field(default=3600, gt=0, allow_inf_nan=False)
     page_size: int = Field(default=1000, ge=1, le=1000)
     max_concurrent_projects: int = Field(default=8, ge=1, le=256)
     request_timeout: float = Field(default=30, gt=0, allow_inf_nan=False)
@@ -142,9 +147,20 @@ class Settings(BaseSettings):
 
     # -- derived values -------------------------------------------------------------------
 
+    @property
+    def discovers(self) -> bool:
+        """Whether SNAPSYNC_PROJECTS is `auto`: the projects come from IAM (app/discovery.py)."""
+        return self.projects.strip().lower() == AUTO
+
     def project_list(self) -> list[Project]:
         """The configured projects, in order, without duplicates; ConfigError for a region
-        whose endpoints are neither in the region table nor given by a template."""
+        whose endpoints are neither in the region table nor given by a template. Empty with
+        `auto` (discovery finds them), whose SNAPSYNC_REGIONS it checks."""
+        self.kept_regions()
+        if self.discovers:
+            # Discovery asks the IAM of the home region.
+            regions.iam_url(self.region, self.iam_endpoint, variable="SNAPSYNC_REGION")
+            return []
         projects = parse_projects(self.projects, self.region)
         for project in projects:
             self.check_region(
@@ -154,6 +170,22 @@ class Settings(BaseSettings):
                 else "SNAPSYNC_PROJECTS",
             )
         return projects
+
+    def kept_regions(self) -> list[str] | None:
+        """SNAPSYNC_REGIONS as a list of Workspace regions, or None (every region)."""
+        kept = [r.strip() for r in self.regions.split(",") if r.strip()]
+        unknown = [r for r in kept if not regions.is_workspace_region(r)]
+        if unknown:
+            raise errors.ConfigError(
+                "SNAPSYNC_REGIONS",
+                f"{', '.join(map(repr, unknown))} is not a Workspace region "
+                f"({', '.join(regions.known())})",
+            )
+        if kept and not self.discovers:
+            raise errors.ConfigError(
+                "SNAPSYNC_REGIONS", "applies only with SNAPSYNC_PROJECTS=auto; unset it"
+            )
+        return list(dict.fromkeys(kept)) or None
 
     def check_region(self, region: str, *, variable: str) -> None:
         """Raise ConfigError naming `variable` unless the endpoints this configuration needs
@@ -201,11 +233,12 @@ class Settings(BaseSettings):
                 )
 
     def require_projects(self) -> list[Project]:
-        """The project list, or ConfigError when it is empty."""
+        """The project list (empty with `auto`), or ConfigError when none is configured."""
         projects = self.project_list()
-        if not projects:
+        if not projects and not self.discovers:
             raise errors.ConfigError(
-                "SNAPSYNC_PROJECTS", "no project configured (comma-separated PROJECT_ID[@REGION])"
+                "SNAPSYNC_PROJECTS",
+                "no project configured (comma-separated PROJECT_ID[@REGION], or auto)",
             )
         return projects
 
@@ -218,6 +251,12 @@ def parse_projects(text: str, default_region: str) -> list[Project]:
         entry = raw.strip()
         if not entry:
             continue
+        if entry.lower() == AUTO:
+            raise errors.ConfigError(
+                "SNAPSYNC_PROJECTS",
+                "'auto' cannot be mixed with project ids: set auto alone (narrowed by "
+                "SNAPSYNC_REGIONS) or list the ids",
+            )
         project_id, _, region = entry.partition("@")
         project_id, region = project_id.strip(), region.strip() or default_region
         if "@" in entry and not entry.partition("@")[2].strip():

@@ -414,7 +414,7 @@ async def _iam_login(request: web.Request) -> web.StreamResponse:
     try:
         login = auth.parse_login(body)
         auth.check_login(state.auth, login)
-        if login.project_id is not None and not state.population.has_project(login.project_id):
+        if login.project_id is not None and not _in_account(state, login.project_id):
             raise auth.LoginError(
                 400, "Bad Request", f"Project {login.project_id} does not exist.", "IAM.0005"
             )
@@ -430,6 +430,11 @@ async def _iam_login(request: web.Request) -> web.StreamResponse:
     response = json_response(body, status=201)
     response.headers["X-Subject-Token"] = issued.token
     return response
+
+
+def _in_account(state: SimulatorState, project_id: str) -> bool:
+    """Whether IAM knows the project (with Workspace, or listed by IAM only)."""
+    return state.population.has_project(project_id) or project_id in state.population.iam_only()
 
 
 async def _iam_auth_projects(request: web.Request) -> web.StreamResponse:
