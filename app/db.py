@@ -137,8 +137,8 @@ def head_revision() -> str:
     same values alembic reads, but alembic gets them by importing itself and executing every
     file. Whatever this reading cannot settle (a value that is not a literal, a `depends_on`, a
     file without exactly one `revision` line, not exactly one head) is left to alembic, so the
-    answer is alembic's either way; tests/test_migrations.py checks that the shipped files are
-    read without that fallback and give alembic's head.
+    answer is alembic's either way; tests/migration/test_migrations.py checks that the shipped
+    files are read without that fallback and give alembic's head.
     """
     return head_from_sources(VERSIONS_DIR) or _alembic_head()
 

@@ -1,9 +1,9 @@
 """The regions where Workspace exists, and each one's Workspace and IAM endpoints.
 
 Taken from the official SDKs' region tables (huaweicloudsdkworkspace's WorkspaceRegion and
-huaweicloudsdkiam's IamRegion, 3.1.219); tests/test_regions.py compares this table with the
-installed SDKs so drift is caught. A region the IAM SDK does not list gets IAM's global
-endpoint, as huaweicloudsdkcore falls back to it.
+huaweicloudsdkiam's IamRegion, 3.1.219); tests/integration/test_regions.py compares this
+table with the installed SDKs so drift is caught. A region the IAM SDK does not list gets
+IAM's global endpoint, as huaweicloudsdkcore falls back to it.
 """
 
 from __future__ import annotations

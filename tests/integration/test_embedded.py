@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app import embedded
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # A separate snapsync process: starts (or attaches), prints the postmaster's PID, then stops
 # when told to on stdin, unless the test kills it first. With a "go" file it waits for that

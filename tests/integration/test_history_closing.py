@@ -11,7 +11,7 @@ import asyncpg
 
 from app import db
 
-from .conftest import REPO, _asyncpg_dsn
+from ..conftest import REPO, _asyncpg_dsn
 from .test_reporting import Scenario, scenario  # noqa: F401 - the scripted simulator run
 
 

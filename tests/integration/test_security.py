@@ -22,13 +22,13 @@ from sqlalchemy.engine import make_url
 from app import settings as settings_module
 from app.simulator import server
 
-from .conftest import _asyncpg_dsn, run_cli
+from ..conftest import _asyncpg_dsn, run_cli
 from .simulated import RunningSimulator, serve
 from .test_hostile_input import HOSTILE_STRINGS
 from .test_reliability import report_figures
 from .test_sync_e2e import assert_exact_mirror
 
-APP = Path(__file__).resolve().parent.parent / "app"
+APP = Path(__file__).resolve().parents[2] / "app"
 
 # ---- hostile strings ------------------------------------------------------------------------
 

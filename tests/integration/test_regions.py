@@ -10,7 +10,7 @@ import pytest
 
 from app import errors, regions, settings
 
-from .conftest import run_cli_sync
+from ..conftest import run_cli_sync
 
 
 def _sdk_table(module: str, cls: str) -> dict[str, str]:

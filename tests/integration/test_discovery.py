@@ -13,8 +13,8 @@ import pytest
 from app import discovery, errors
 from app import settings as settings_module
 
+from ..conftest import run_cli, run_cli_sync
 from . import test_daemon
-from .conftest import run_cli, run_cli_sync
 from .simulated import RunningSimulator, serve
 from .test_daemon import Launch, env_for, wait_for
 

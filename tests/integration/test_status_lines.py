@@ -8,7 +8,7 @@ from pathlib import Path
 
 import asyncpg
 
-from .conftest import run_cli
+from ..conftest import run_cli
 from .simulated import serve
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from app import cli
 
-from .conftest import REPO, cli_env
+from ..conftest import REPO, cli_env
 from .simulated import serve
 
 # Imported by commands that need them; a module named here covers its submodules.

@@ -29,7 +29,7 @@ from app.simulator import population as pop
 from app.simulator import query, server
 from app.simulator.control import ControlError, SimulatorControl
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 START = datetime(2024, 4, 20, 8, 0, tzinfo=UTC)
 TOKEN = {"X-Auth-Token": "snapsync-dev-token"}
 TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")

@@ -8,7 +8,7 @@ import pytest
 
 from app import errors, settings
 
-from .conftest import run_cli_sync
+from ..conftest import run_cli_sync
 
 
 def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

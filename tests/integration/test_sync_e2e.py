@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from .conftest import run_cli
+from ..conftest import run_cli
 from .simulated import RunningSimulator, serve
 
 TYPED = (

@@ -28,7 +28,7 @@ import pytest
 from app import metrics
 from app.simulator.control import SimulatorControl
 
-from .conftest import REPO, cli_env
+from ..conftest import REPO, cli_env
 from .test_daemon import RunningDaemon, daemon_command, free_port, wait_for
 
 RULES = REPO / "deploy" / "prometheus" / "alerts.yml"

@@ -12,7 +12,7 @@ import pytest
 
 from app import ratelimit
 
-from .conftest import run_cli
+from ..conftest import run_cli
 from .simulated import RunningSimulator, serve
 from .test_sync_e2e import assert_exact_mirror
 

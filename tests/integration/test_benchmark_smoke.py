@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from app import items
 from app.simulator.population import API_FIELDS
 
-from .conftest import REPO, _asyncpg_dsn, cli_env
+from ..conftest import REPO, _asyncpg_dsn, cli_env
 
 BENCH = REPO / "benchmarks" / "bench.py"
 REPORTING = REPO / "benchmarks" / "reporting.py"

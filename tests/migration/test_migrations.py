@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 
 from app import db, models
 
-from .conftest import _asyncpg_dsn
+from ..conftest import _asyncpg_dsn
 
 
 def _revisions() -> list[str]:

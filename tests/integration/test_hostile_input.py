@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 from app.simulator import population as pop
 
-from .conftest import run_cli
+from ..conftest import run_cli
 from .simulated import RunningSimulator, serve
 from .test_reliability import InProcess, assert_invariants, in_process, report_figures
 

@@ -27,7 +27,7 @@ import pytest
 
 from app import db, metrics
 
-from .conftest import REPO, _admin, _asyncpg_dsn, run_cli, with_database
+from ..conftest import REPO, _admin, _asyncpg_dsn, run_cli, with_database
 from .simulated import RunningSimulator, serve
 
 DOCS = REPO / "docs" / "reporting.md"

@@ -13,7 +13,7 @@ import pytest
 
 from app import retention
 
-from .conftest import run_cli
+from ..conftest import run_cli
 from .simulated import RunningSimulator, serve
 from .test_daemon import Launch, env_for, launch, wait_for  # noqa: F401 - the daemon fixture
 

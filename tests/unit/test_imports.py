@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from .conftest import REPO
+from ..conftest import REPO
 
 APP = REPO / "app"
 

@@ -23,7 +23,7 @@ from rich.console import Console
 
 from app import progress
 
-from .conftest import cli_env, run_cli
+from ..conftest import cli_env, run_cli
 from .simulated import serve
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\x1b[()][0-9A-B]")

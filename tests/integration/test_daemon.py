@@ -28,7 +28,7 @@ import pytest
 from app import daemon, db, errors, health
 from app import settings as settings_module
 
-from .conftest import _asyncpg_dsn, cli_env
+from ..conftest import _asyncpg_dsn, cli_env
 from .simulated import RunningSimulator, serve
 
 INTERVAL = 1.0

@@ -31,7 +31,7 @@ from app import auth, client, db, embedded, sync
 from app import settings as settings_module
 from app.simulator import population as pop
 
-from .conftest import _asyncpg_dsn, cli_env, run_cli
+from ..conftest import _asyncpg_dsn, cli_env, run_cli
 from .simulated import RunningSimulator, serve
 from .test_sync_e2e import assert_exact_mirror
 
