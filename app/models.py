@@ -234,6 +234,12 @@ class SnapshotStatusHistory(Base):
             postgresql_where=text("from_status IS NULL"),
         ),
         Index(
+            "ix_snapshot_status_history_changes",
+            "observed_at",
+            postgresql_include=["project_id", "from_status", "to_status"],
+            postgresql_where=text("from_status IS NOT NULL"),
+        ),
+        Index(
             "ix_snapshot_status_history_creation_end",
             text(CREATION_ENDED_BY),
             postgresql_where=text("from_status IS NULL"),

@@ -10,6 +10,8 @@ Create Date: 2026-12-01
 - `ix_snapshot_status_history_created`: first-sighting rows by `create_time`, with what a
   creation's duration needs, so "creations started in the last N days" is one range scan
   instead of a pass over every first sighting joined to every snapshot row.
+- `ix_snapshot_status_history_changes`: status changes (not first sightings) by time, covering,
+  for the per-hour and per-day counts.
 - `ix_snapshot_records_live_desktop` and extended statistics on `snapshot_records (project_id,
   desktop_id)`: `desktop_snapshot_coverage` reads each desktop's live rows index-only and its
   newest gone row as the top entry of `ix_snapshot_records_gone`.
@@ -46,6 +48,13 @@ INDEXES: tuple[tuple[str, str, str, str | None], ...] = (
         "create_time) INCLUDE (project_id, snapshot_id, to_status, next_status, left_after, "
         "left_by, observed_at",
         "from_status IS NULL",
+    ),
+    # Status changes by time (the per-hour panel, the per-day doc query): index-only.
+    (
+        "ix_snapshot_status_history_changes",
+        "snapshot_status_history",
+        "observed_at) INCLUDE (project_id, from_status, to_status",
+        "from_status IS NOT NULL",
     ),
     (
         "ix_snapshot_records_live_desktop",
