@@ -15,6 +15,8 @@ Create Date: 2026-12-01
 - `ix_snapshot_records_live_desktop` and extended statistics on `snapshot_records (project_id,
   desktop_id)`: `desktop_snapshot_coverage` reads each desktop's live rows index-only and its
   newest gone row as the top entry of `ix_snapshot_records_gone`.
+- `snapshot_status_intervals` joins the snapshot row LEFT to the table and reads its last
+  sighting only for a current period, so periods that ended are read from the history alone.
 - `snapshot_operation_durations` reads a creation's start from that column (same columns and
   answers: the API does not change a snapshot's `create_time`).
 
@@ -151,6 +153,29 @@ OPERATIONS_LEFT_JOIN = (
 )
 
 
+# 0004's intervals with the snapshot row joined LEFT to the table and its last sighting read
+# only for a current row: a query on periods that ended (left_by) reads no snapshot row, so it
+# is a scan of ix_snapshot_status_history_left_by instead of a hash join of every snapshot.
+def _status_intervals() -> str:
+    inner: str = V0004._INTERVALS_INNER
+    join = (
+        "LEFT JOIN snapshots AS s ON s.project_id = h.project_id AND s.snapshot_id = h.snapshot_id"
+    )
+    last_seen = "ELSE GREATEST(h.observed_at, s.last_seen_at)"
+    assert join in inner and last_seen in inner
+    inner = inner.replace(
+        join,
+        "LEFT JOIN snapshot_records AS s "
+        "ON s.project_id = h.project_id AND s.snapshot_id = h.snapshot_id",
+    ).replace(
+        last_seen,
+        "ELSE GREATEST(h.observed_at, (SELECT v.last_seen_at FROM snapshots AS v "
+        "WHERE v.project_id = h.project_id AND v.snapshot_id = h.snapshot_id))",
+    )
+    view: str = V0004._replaced("SNAPSHOT_STATUS_INTERVALS", "FROM (\n", ") AS b", inner)
+    return view
+
+
 def _comment() -> str:
     from app import models
 
@@ -171,6 +196,7 @@ def upgrade() -> None:
             backfill(connection)
             V0004._create_indexes(connection, INDEXES)
             connection.execute(sa.text(STATISTICS))
+            connection.execute(sa.text(_status_intervals()))
             connection.execute(sa.text(_operation_durations(_creations())))
             connection.execute(sa.text("ANALYZE snapshot_status_history"))
             connection.execute(sa.text("ANALYZE snapshot_records"))
@@ -180,6 +206,7 @@ def downgrade() -> None:
     """Downgrade schema."""
     old = V0004
     op.execute(_operation_durations(old._CREATIONS, left_join=False))
+    op.execute(old._status_intervals())
     op.execute("DROP STATISTICS IF EXISTS st_snapshot_records_desktop")
     for name, *_ in INDEXES:
         op.execute(f"DROP INDEX IF EXISTS {name}")
