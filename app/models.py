@@ -117,6 +117,22 @@ class SnapshotRecord(Base):
             postgresql_include=["status"],
             postgresql_where=text("deleted_at IS NULL"),
         ),
+        # desktop_snapshot_coverage's reads of a desktop's live rows, index-only (0005).
+        Index(
+            "ix_snapshot_records_live_desktop",
+            "project_id",
+            "desktop_id",
+            postgresql_include=[
+                "status",
+                "is_system_disk",
+                "create_time",
+                "snapshot_id",
+                "last_seen_at",
+                "missed_listings",
+                "desktop_name",
+            ],
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
         Index(
             "ix_snapshot_records_gone",
             "project_id",
@@ -204,6 +220,26 @@ class SnapshotStatusHistory(Base):
             postgresql_where=text("left_by IS NOT NULL"),
         ),
         Index(
+            "ix_snapshot_status_history_created",
+            "create_time",
+            postgresql_include=[
+                "project_id",
+                "snapshot_id",
+                "to_status",
+                "next_status",
+                "left_after",
+                "left_by",
+                "observed_at",
+            ],
+            postgresql_where=text("from_status IS NULL"),
+        ),
+        Index(
+            "ix_snapshot_status_history_changes",
+            "observed_at",
+            postgresql_include=["project_id", "from_status", "to_status"],
+            postgresql_where=text("from_status IS NOT NULL"),
+        ),
+        Index(
             "ix_snapshot_status_history_creation_end",
             text(CREATION_ENDED_BY),
             postgresql_where=text("from_status IS NULL"),
@@ -226,6 +262,8 @@ class SnapshotStatusHistory(Base):
     next_status: Mapped[str | None] = mapped_column(Text)
     left_after: Mapped[datetime | None] = mapped_column(TZ)
     left_by: Mapped[datetime | None] = mapped_column(TZ)
+    # On a first-sighting row: the snapshot's create_time as listed (0005; app/store.py).
+    create_time: Mapped[datetime | None] = mapped_column(TZ)
 
 
 class SnapshotDesktop(Base):
@@ -411,6 +449,10 @@ TABLE_COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
             "left_by": (
                 "observed_at of the next row: snapsync saw the status left by then, UTC. NULL: "
                 "current."
+            ),
+            "create_time": (
+                "On a first-sighting row (from_status NULL): the snapshot's create_time as that "
+                "sync listed it. NULL on every other row."
             ),
         },
     ),

@@ -247,12 +247,12 @@ upserted AS (
     WHERE r.content_hash IS DISTINCT FROM EXCLUDED.content_hash
        OR r.deleted_at IS NOT NULL
        OR r.missed_listings <> 0
-    RETURNING r.snapshot_id, r.status, r.process, r.raw, r.desktop_id
+    RETURNING r.snapshot_id, r.status, r.process, r.raw, r.desktop_id, r.create_time
 ),
 history AS (
     INSERT INTO snapshot_status_history (
         project_id, snapshot_id, from_status, to_status, observed_at, previous_observed_at,
-        process, sync_run_id
+        process, sync_run_id, create_time
     )
     SELECT :project_id, u.snapshot_id,
            CASE WHEN o.snapshot_id IS NULL THEN NULL
@@ -265,7 +265,9 @@ history AS (
                 THEN GREATEST(o.last_seen_at, o.status_seen_at,
                               CAST(:last_listing_at AS timestamptz))
                 ELSE GREATEST(o.last_seen_at, o.status_seen_at) END,
-           u.process, :run_id
+           u.process, :run_id,
+           -- A first sighting carries the creation's start (ix_snapshot_status_history_created).
+           CASE WHEN o.snapshot_id IS NULL THEN u.create_time END
     FROM upserted AS u
     LEFT JOIN old AS o ON o.snapshot_id = u.snapshot_id
     WHERE o.snapshot_id IS NULL OR o.deleted_at IS NOT NULL OR o.status IS DISTINCT FROM u.status

@@ -221,6 +221,31 @@ ORDER BY run_at(s.p, e.t) + make_interval(secs => e.after), s.p, e.to_status = '
          s.snapshot_id;
 """
 
+HAS_HISTORY_COLUMN = (
+    "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = "
+    "'snapshot_status_history'::regclass AND attname = $1 AND NOT attisdropped)"
+)
+
+# Each row's closing facts are those of its snapshot's next row (by observed_at, then id).
+CLOSE_HISTORY = """
+UPDATE snapshot_status_history AS c
+SET next_id = n.next_id, next_status = n.next_status, left_after = n.left_after,
+    left_by = n.left_by
+FROM (
+    SELECT id, lead(id) OVER w AS next_id, lead(to_status) OVER w AS next_status,
+           lead(previous_observed_at) OVER w AS left_after, lead(observed_at) OVER w AS left_by
+    FROM snapshot_status_history
+    WINDOW w AS (PARTITION BY project_id, snapshot_id ORDER BY observed_at, id)
+) AS n
+WHERE n.id = c.id AND n.next_id IS NOT NULL;
+"""
+
+CREATION_STARTS = """
+UPDATE snapshot_status_history AS h SET create_time = r.create_time
+FROM snapshot_records AS r
+WHERE h.from_status IS NULL AND r.project_id = h.project_id AND r.snapshot_id = h.snapshot_id;
+"""
+
 PROJECTS = """
 CREATE TEMP TABLE bench_project ON COMMIT DROP AS
 SELECT p, md5('{seed}:' || p) AS project_id,
@@ -552,6 +577,13 @@ async def generate(
             )
             await _step(conn, steps, "sync_runs", _sql(INSERT_RUNS, size, t0))
             await _step(conn, steps, "projects", _sql(INSERT_PROJECTS, size, t0))
+            for column, name, statement in (
+                ("next_id", "close history rows (0004)", CLOSE_HISTORY),
+                ("create_time", "first sightings' create_time (0005)", CREATION_STARTS),
+            ):
+                # What the sync writes with each row at that revision (app/store.py).
+                if await conn.fetchval(HAS_HISTORY_COLUMN, column):
+                    await _step(conn, steps, name, statement)
             for name, statement in backfill_statements():
                 await _step(conn, steps, f"backfill {name}", statement)
             await _step(conn, steps, "rebuild indexes and foreign keys", ";".join(create))

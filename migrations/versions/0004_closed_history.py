@@ -28,10 +28,11 @@ after an interruption.
 pruning a run leaves the history it wrote valid, without the run's id.
 """
 
+import contextlib
 import importlib.util
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -393,8 +394,11 @@ def backfill(connection: sa.Connection, batch: int = BATCH_SNAPSHOTS) -> int:
     return closed
 
 
-def _create_indexes(connection: sa.Connection) -> None:
-    for name, table, columns, where in INDEXES:
+def _create_indexes(
+    connection: sa.Connection, indexes: tuple[tuple[str, str, str, str | None], ...] = INDEXES
+) -> None:
+    """Build `indexes` CONCURRENTLY (IF NOT EXISTS), after dropping an interrupted build's."""
+    for name, table, columns, where in indexes:
         # A build interrupted earlier leaves an INVALID index that IF NOT EXISTS would keep.
         invalid = connection.scalar(
             sa.text(
@@ -413,16 +417,27 @@ def _create_indexes(connection: sa.Connection) -> None:
                 + (f" WHERE {where}" if where else "")
             )
         )
-        logging.getLogger("snapsync.migrate").debug(
-            "0004: index %s in %.1fs", name, time.monotonic() - started
+        logging.getLogger("snapsync.migrate").info(
+            "index %s in %.1fs", name, time.monotonic() - started
+        )
+
+
+@contextlib.contextmanager
+def session_lock() -> Iterator[None]:
+    """migrations/env.py's key held as a session lock, for steps that commit on their own."""
+    op.get_bind().execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    try:
+        yield
+    finally:
+        op.get_bind().execute(
+            sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY}
         )
 
 
 def upgrade() -> None:
     """Upgrade schema."""
     bind = op.get_bind()
-    bind.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-    try:
+    with session_lock():
         for column, type_ in HISTORY_COLUMNS:
             op.execute(
                 f"ALTER TABLE snapshot_status_history ADD COLUMN IF NOT EXISTS {column} "
@@ -449,10 +464,6 @@ def upgrade() -> None:
                 connection.execute(sa.text(view))
             connection.execute(sa.text("ANALYZE snapshot_status_history"))
             connection.execute(sa.text("ANALYZE snapshot_desktops"))
-    finally:
-        op.get_bind().execute(
-            sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY}
-        )
 
 
 def downgrade() -> None:

@@ -87,8 +87,13 @@ async def test_the_sync_closes_each_row_when_it_writes_the_next(
 
 
 def migration_0004() -> ModuleType:
-    path = REPO / "migrations" / "versions" / "0004_closed_history.py"
-    spec = importlib.util.spec_from_file_location("snapsync_migration_0004_test", path)
+    return migration_module("0004_closed_history.py")
+
+
+def migration_module(filename: str) -> ModuleType:
+    """A revision's module, loaded from migrations/versions/`filename`."""
+    path = REPO / "migrations" / "versions" / filename
+    spec = importlib.util.spec_from_file_location(f"snapsync_migration_{path.stem}_test", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
