@@ -8,7 +8,7 @@ import asyncpg
 
 from app import db
 
-from .conftest import _asyncpg_dsn
+from ..conftest import _asyncpg_dsn
 from .test_history_closing import POPULATE_0003, _view_answers, migration_module
 from .test_reporting import Scenario, scenario  # noqa: F401 - the scripted simulator run
 
