@@ -145,13 +145,6 @@ class Daemon:
             watch=self._watch,
             tasks=self._lifecycle,
         )
-        # The jobs below reach the parts under these names.
-        self._wake_monitor = self._watch.wake
-        self._database_failed = self._watch.failed
-        self._count_transitions = self._watch.count_transitions
-        self._active = self._lifecycle.active
-        self._tracked = self._lifecycle.tracked
-        self._prune_loop = self._pruner.loop
         self.metrics.show_projects(self._projects, "configured")
         self._runtime: runtime.Runtime | None = None
         self._syncer: sync.Syncer | None = None
@@ -240,7 +233,7 @@ class Daemon:
         return health.liveness(
             self._scheduler,
             uptime=time.monotonic() - self._started_at,
-            in_progress=len(self._active),
+            in_progress=len(self._lifecycle.active),
             stopping=self._stopping,
             interval=self._interval,
         )
@@ -260,7 +253,7 @@ class Daemon:
     async def refresh_metrics(self) -> None:
         """Before a scrape: database gauges, re-read when older than a few seconds."""
         self.metrics.database_up.set(1 if self._db_ok else 0)
-        self.metrics.syncs_in_progress.set(len(self._active))
+        self.metrics.syncs_in_progress.set(len(self._lifecycle.active))
         await self._watch.refresh_counts()
 
     # -- the parts' state, under the names the jobs use -------------------------------------------
@@ -316,7 +309,7 @@ class Daemon:
             misfire_grace_time=None,
             next_run_time=now + timedelta(seconds=self._settings.hot_interval),
         )
-        self._prune_task = asyncio.create_task(self._prune_loop(), name="retention")
+        self._prune_task = asyncio.create_task(self._pruner.loop(), name="retention")
         scheduler.start()
         log.info(
             "syncing %d project(s) every %gs (jitter %gs), at most %d at once",
@@ -349,7 +342,7 @@ class Daemon:
         """One firing of the discovery job, counted as running work for the shutdown."""
         if self._stopping:
             return
-        with self._tracked("the discovery"):
+        with self._lifecycle.tracked("the discovery"):
             await self._discover()
 
     async def _discover(self) -> None:
@@ -417,12 +410,12 @@ class Daemon:
         if self._stopping or not self._db_ok or engine is None or syncer is None:
             return
         assert workspace is not None
-        with self._tracked("the hot lane"):
+        with self._lifecycle.tracked("the hot lane"):
             try:
                 async with asyncio.timeout(DB_CHECK_TIMEOUT), store.connect(engine) as conn:
                     counts = await store.in_flight_counts(conn)
             except (errors.DatabaseError, TimeoutError) as exc:
-                self._database_failed(exc)
+                self._watch.failed(exc)
                 return
             for project in self._projects:
                 self.metrics.in_flight.labels(project.project_id).set(
@@ -443,14 +436,14 @@ class Daemon:
                     try:
                         result = await syncer.poll_in_flight(project)
                     except errors.DatabaseError as exc:
-                        self._database_failed(exc)
+                        self._watch.failed(exc)
                         return
                 if result is None:
                     return
                 self.metrics.hot_polls.labels(project.project_id, result.status).inc()
                 if result.counts.transitions:
                     self._counts_dirty = True
-                    await self._count_transitions(project, result)
+                    await self._watch.count_transitions(project, result)
 
             await asyncio.gather(*(poll(p) for p in hot), return_exceptions=False)
 
@@ -473,7 +466,8 @@ class Daemon:
         """One firing of a project's job."""
         if self._stopping:
             return
-        with logs.context(project_id=project.project_id), self._tracked("a scheduled sync"):
+        tracked = self._lifecycle.tracked("a scheduled sync")
+        with logs.context(project_id=project.project_id), tracked:
             async with self._gate:
                 if self._stopping:
                     return
@@ -508,7 +502,7 @@ class Daemon:
                     self.metrics.syncs_in_progress.dec()
         except errors.DatabaseError as exc:
             # Only the lock and the newest run's start raise it: sync_project never does.
-            self._database_failed(exc)
+            self._watch.failed(exc)
             checks.labels(pid, "database_down").inc()
             return
         await self._after_sync(project, result)
@@ -517,7 +511,7 @@ class Daemon:
         self._counts_dirty = True
         if result.status == "failed":
             # A database error shows here first; let the monitor look at once.
-            self._wake_monitor.set()
+            self._watch.wake.set()
         if result.seconds > self._interval and result.status == "succeeded":
             # The firings during the sync were skipped; waiting for the next one would sync
             # the project at most every second interval. (A failed sync waits: the API may
@@ -535,7 +529,7 @@ class Daemon:
                 # a firing while it still runs would be skipped.
                 pid = project.project_id
                 task.add_done_callback(lambda _: self._run_job_now(pid))
-        await self._count_transitions(project, result)
+        await self._watch.count_transitions(project, result)
 
     # -- hooks ------------------------------------------------------------------------------------
 
