@@ -22,6 +22,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app import store
+
 log = logging.getLogger("snapsync.retention")
 
 # Runs that may go: old, finished, not a project's newest nor its newest success. The keep set
@@ -95,9 +97,12 @@ records AS (
     DELETE FROM snapshot_records AS s
     USING gone AS g
     WHERE s.project_id = g.project_id AND s.snapshot_id = g.snapshot_id
-    RETURNING 1
+    RETURNING s.project_id, s.desktop_id
 )
-SELECT (SELECT count(*) FROM records) AS snapshots, (SELECT count(*) FROM history) AS history
+SELECT (SELECT count(*) FROM records) AS snapshots, (SELECT count(*) FROM history) AS history,
+       -- The desktops whose coverage (snapshot_desktops) the batch changes.
+       ARRAY(SELECT DISTINCT ARRAY[project_id, desktop_id] FROM records
+             WHERE desktop_id IS NOT NULL) AS desktops
 """
 )
 
@@ -181,6 +186,9 @@ async def _in_batches(
             rows = (
                 await conn.execute(statement, {"cutoff": cutoff, "batch": policy.batch_size})
             ).all()
+            if history is not None:
+                # In the batch's transaction: the coverage never counts a removed snapshot.
+                await store.refresh_coverage(conn, [(p, d) for p, d in rows[0].desktops])
         if history is not None:
             (row,) = rows
             n = int(row.snapshots)
