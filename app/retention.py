@@ -15,14 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
-from app import store
 
 log = logging.getLogger("snapsync.retention")
 
@@ -117,6 +115,10 @@ FROM ({_GONE}) AS g
 )
 
 
+# Recomputes the coverage of (project_id, desktop_id) pairs in the caller's transaction.
+Refresh = Callable[[AsyncConnection, Sequence[tuple[str, str | None]]], Awaitable[int]]
+
+
 @dataclass(frozen=True)
 class Policy:
     """What retention keeps: None keeps for ever."""
@@ -177,6 +179,7 @@ async def _in_batches(
     policy: Policy,
     stopping: Callable[[], bool],
     history: Outcome | None = None,
+    refresh: Refresh | None = None,
 ) -> tuple[int, int]:
     """Run `statement` one committed batch at a time until a batch comes back short; returns
     (rows removed, batches). PRUNE_DELETED also counts the history rows into `history`."""
@@ -186,9 +189,9 @@ async def _in_batches(
             rows = (
                 await conn.execute(statement, {"cutoff": cutoff, "batch": policy.batch_size})
             ).all()
-            if history is not None:
+            if refresh is not None:
                 # In the batch's transaction: the coverage never counts a removed snapshot.
-                await store.refresh_coverage(conn, [(p, d) for p, d in rows[0].desktops])
+                await refresh(conn, [(p, d) for p, d in rows[0].desktops])
         if history is not None:
             (row,) = rows
             n = int(row.snapshots)
@@ -207,11 +210,16 @@ async def prune(
     engine: AsyncEngine,
     policy: Policy,
     *,
+    refresh: Refresh,
     dry_run: bool = False,
     now: datetime | None = None,
     stopping: Callable[[], bool] = lambda: False,
 ) -> Outcome:
-    """Apply the policy in batches until nothing is left to remove (or `stopping()`)."""
+    """Apply the policy in batches until nothing is left to remove (or `stopping()`).
+
+    `refresh` is app.store.refresh_coverage (passed in: app.store imports what imports this
+    module): the desktops of the snapshots a batch removed get their coverage recomputed in the
+    batch's transaction."""
     now = now or datetime.now(UTC)
     outcome = Outcome(
         dry_run=dry_run,
@@ -237,7 +245,7 @@ async def prune(
                 outcome.batches += batches
             if outcome.deleted_cutoff is not None:
                 outcome.snapshots, batches = await _in_batches(
-                    conn, PRUNE_DELETED, outcome.deleted_cutoff, policy, stopping, outcome
+                    conn, PRUNE_DELETED, outcome.deleted_cutoff, policy, stopping, outcome, refresh
                 )
                 outcome.batches += batches
     outcome.seconds = time.monotonic() - started

@@ -178,6 +178,7 @@ async def test_refresh_and_view_match_the_lookups_on_ties_misses_and_nulls(
         outcome = await retention.prune(
             engine,
             retention.Policy(runs_days=None, deleted_days=4, batch_size=7, pause=0),
+            refresh=store.refresh_coverage,
             now=datetime.now(UTC) + timedelta(minutes=1),
         )
     finally:
