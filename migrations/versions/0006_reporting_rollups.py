@@ -11,6 +11,9 @@ Create Date: 2026-12-01
   of each disk and the failed creations since. The statements that change snapshot rows (the
   page upsert, the deletion update, retention's prune) recompute the rows of the desktops they
   touched in the same transaction (app/store.py `refresh_coverage`).
+- `ix_snapshot_status_history_creations_ended`: creations seen in flight that succeeded, by
+  their end (`left_by`), with `project_id` and `create_time`; the Grafana creation-time panel
+  reads it index-only, one hour of the range at a time (no sort of the whole range).
 - `desktop_snapshot_coverage` reads those columns (same columns, types and answers): one scan
   of snapshot_desktops joined to projects, instead of four lookups into snapshot_records and two
   counts for each desktop.
@@ -38,6 +41,19 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 BATCH_DESKTOPS = 2_000
+
+# (name, table, columns, WHERE): built CONCURRENTLY after the backfill (0004's builder). The
+# creation-time panel reads it index-only, an hour at a time: creations seen in flight that
+# succeeded, by their end, with their start.
+INDEXES: tuple[tuple[str, str, str, str | None], ...] = (
+    (
+        "ix_snapshot_status_history_creations_ended",
+        "snapshot_status_history",
+        "left_by) INCLUDE (project_id, create_time",
+        "from_status IS NULL AND to_status = 'creating' AND next_status IN "
+        "('create_success', 'restoring', 'restore_success', 'restore_failed')",
+    ),
+)
 
 V0004 = SimpleNamespace(**runpy.run_path(str(Path(__file__).with_name("0004_closed_history.py"))))
 
@@ -236,10 +252,13 @@ def upgrade() -> None:
             backfill(connection)
             connection.execute(sa.text(DESKTOP_SNAPSHOT_COVERAGE))
             connection.execute(sa.text("ANALYZE snapshot_desktops"))
+            V0004._create_indexes(connection, INDEXES)
 
 
 def downgrade() -> None:
     """Downgrade schema."""
+    for name, *_ in INDEXES:
+        op.execute(f"DROP INDEX IF EXISTS {name}")
     op.execute(V0004.DESKTOP_SNAPSHOT_COVERAGE)
     for column, _ in reversed(COLUMNS):
         op.execute(f"ALTER TABLE snapshot_desktops DROP COLUMN IF EXISTS {column}")
