@@ -20,9 +20,9 @@ Create Date: 2026-12-01
 
 The backfill runs after the DDL has been committed, BATCH_DESKTOPS desktops a transaction, under
 the session lock of migrations/env.py's key (as 0004 does); every step can run again. A sync of
-an older snapsync that writes while the migration runs does not recompute the rows it changes:
-stop older daemons before migrating (or run `snapsync migrate` again after, which recomputes
-every desktop).
+an older snapsync that writes while the migration runs (or after it) does not recompute the rows
+it changes, and a desktop it wrote keeps its coverage as computed until a newer sync writes a
+snapshot of it again: stop older daemons before migrating.
 """
 
 import logging
