@@ -282,9 +282,7 @@ def status(as_json: bool, project_ids: tuple[str, ...]) -> None:
         else:
             click.echo(status_module.render_text(statuses, now, detail=detail))
         if not project_ids:
-            from app import discovery
-
-            click.echo(discovery.source_line(settings, [s.project_id for s in statuses]))
+            click.echo(status_module.source_line(settings, [s.project_id for s in statuses]))
 
 
 @cli.command()
@@ -302,7 +300,9 @@ def prune(dry_run: bool) -> None:
                 await db.check_schema(engine)
                 try:
                     with store.database_errors():
-                        return await retention.prune(engine, policy, dry_run=dry_run)
+                        return await retention.prune(
+                            engine, policy, refresh=store.refresh_coverage, dry_run=dry_run
+                        )
                 except errors.DatabaseError as exc:
                     fail(f"prune failed: {exc}", EXIT_FAILED)
 

@@ -40,6 +40,13 @@ CREATION_ENDED_BY = (
     "(\nCASE\n    WHEN to_status = 'creating'::text THEN left_by\n    ELSE observed_at\nEND)"
 )
 
+# A creation snapsync saw running (first sighting `creating`) that ended in success: the rows
+# of the creation-time panel (docs/grafana), whose end is left_by.
+CREATIONS_ENDED_WHERE = (
+    "from_status IS NULL AND to_status = 'creating' AND next_status IN "
+    "('create_success', 'restoring', 'restore_success', 'restore_failed')"
+)
+
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
@@ -239,6 +246,14 @@ class SnapshotStatusHistory(Base):
             postgresql_include=["project_id", "from_status", "to_status"],
             postgresql_where=text("from_status IS NOT NULL"),
         ),
+        # Creations seen in flight that succeeded, by their end, with what their duration needs:
+        # the creation-time panel reads it index-only, an hour at a time (0006).
+        Index(
+            "ix_snapshot_status_history_creations_ended",
+            "left_by",
+            postgresql_include=["project_id", "create_time"],
+            postgresql_where=text(CREATIONS_ENDED_WHERE),
+        ),
         Index(
             "ix_snapshot_status_history_creation_end",
             text(CREATION_ENDED_BY),
@@ -273,6 +288,26 @@ class SnapshotDesktop(Base):
 
     project_id: Mapped[str] = mapped_column(Text, primary_key=True)
     desktop_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    # What desktop_snapshot_coverage reads, recomputed from the desktop's snapshot rows by
+    # the statements that change them (app/store.py refresh_coverage; 0006).
+    live_snapshots: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    listed_last_seen_at: Mapped[datetime | None] = mapped_column(TZ)
+    listed_newest_id: Mapped[str | None] = mapped_column(Text)
+    listed_newest_name: Mapped[str | None] = mapped_column(Text)
+    listed_first_id: Mapped[str | None] = mapped_column(Text)
+    listed_first_name: Mapped[str | None] = mapped_column(Text)
+    missed_last_seen_at: Mapped[datetime | None] = mapped_column(TZ)
+    missed_newest_id: Mapped[str | None] = mapped_column(Text)
+    missed_newest_name: Mapped[str | None] = mapped_column(Text)
+    gone_last_seen_at: Mapped[datetime | None] = mapped_column(TZ)
+    gone_snapshot_id: Mapped[str | None] = mapped_column(Text)
+    gone_desktop_name: Mapped[str | None] = mapped_column(Text)
+    system_disk_snapshot_id: Mapped[str | None] = mapped_column(Text)
+    system_disk_created_at: Mapped[datetime | None] = mapped_column(TZ)
+    system_disk_failed_since: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    data_disk_snapshot_id: Mapped[str | None] = mapped_column(Text)
+    data_disk_created_at: Mapped[datetime | None] = mapped_column(TZ)
+    data_disk_failed_since: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
 
 # What each table and column means, stored as COMMENT ON by migration 0002 (which holds the
@@ -464,6 +499,45 @@ TABLE_COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
         {
             "project_id": "The desktop's project.",
             "desktop_id": "The desktop (snapshots.desktop_id).",
+            "live_snapshots": "How many of the desktop's snapshots are live (not deleted).",
+            "listed_last_seen_at": (
+                "Newest last_seen_at of the desktop's live snapshots seen in the newest "
+                "listing (missed_listings 0). NULL: none."
+            ),
+            "listed_newest_id": "snapshot_id of that snapshot (ties: the smallest id).",
+            "listed_newest_name": "Its desktop_name.",
+            "listed_first_id": (
+                "Smallest snapshot_id of those snapshots: the newest once the project's "
+                "last_listing_at is at least listed_last_seen_at."
+            ),
+            "listed_first_name": "Its desktop_name.",
+            "missed_last_seen_at": (
+                "Newest last_seen_at of the desktop's live snapshots missing from a listing "
+                "(missed_listings > 0). NULL: none."
+            ),
+            "missed_newest_id": "snapshot_id of that snapshot (ties: the smallest id).",
+            "missed_newest_name": "Its desktop_name.",
+            "gone_last_seen_at": (
+                "Newest last_seen_at of the desktop's deleted or missed snapshots. NULL: none."
+            ),
+            "gone_snapshot_id": "snapshot_id of that snapshot (ties: the smallest id).",
+            "gone_desktop_name": "Its desktop_name.",
+            "system_disk_snapshot_id": (
+                "Newest successful live system-disk snapshot (by create_time). NULL: none."
+            ),
+            "system_disk_created_at": "Its create_time.",
+            "system_disk_failed_since": (
+                "System-disk creations that failed after it (all of them if there is none), "
+                "deleted snapshots included."
+            ),
+            "data_disk_snapshot_id": (
+                "Newest successful live data-disk snapshot (by create_time). NULL: none."
+            ),
+            "data_disk_created_at": "Its create_time.",
+            "data_disk_failed_since": (
+                "Data-disk creations that failed after it (all of them if there is none), "
+                "deleted snapshots included."
+            ),
         },
     ),
 }

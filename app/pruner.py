@@ -52,7 +52,12 @@ class Pruner:
         tasks.active.add(task)
         try:
             with store.database_errors():
-                await retention.prune(engine, self._policy(), stopping=lambda: tasks.stopping)
+                await retention.prune(
+                    engine,
+                    self._policy(),
+                    refresh=store.refresh_coverage,
+                    stopping=lambda: tasks.stopping,
+                )
         except asyncio.CancelledError:
             if not tasks.stopping:
                 raise

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -95,9 +95,12 @@ records AS (
     DELETE FROM snapshot_records AS s
     USING gone AS g
     WHERE s.project_id = g.project_id AND s.snapshot_id = g.snapshot_id
-    RETURNING 1
+    RETURNING s.project_id, s.desktop_id
 )
-SELECT (SELECT count(*) FROM records) AS snapshots, (SELECT count(*) FROM history) AS history
+SELECT (SELECT count(*) FROM records) AS snapshots, (SELECT count(*) FROM history) AS history,
+       -- The desktops whose coverage (snapshot_desktops) the batch changes.
+       ARRAY(SELECT DISTINCT ARRAY[project_id, desktop_id] FROM records
+             WHERE desktop_id IS NOT NULL) AS desktops
 """
 )
 
@@ -110,6 +113,10 @@ SELECT count(*) AS snapshots,
 FROM ({_GONE}) AS g
 """
 )
+
+
+# Recomputes the coverage of (project_id, desktop_id) pairs in the caller's transaction.
+Refresh = Callable[[AsyncConnection, Sequence[tuple[str, str | None]]], Awaitable[int]]
 
 
 @dataclass(frozen=True)
@@ -172,6 +179,7 @@ async def _in_batches(
     policy: Policy,
     stopping: Callable[[], bool],
     history: Outcome | None = None,
+    refresh: Refresh | None = None,
 ) -> tuple[int, int]:
     """Run `statement` one committed batch at a time until a batch comes back short; returns
     (rows removed, batches). PRUNE_DELETED also counts the history rows into `history`."""
@@ -181,6 +189,9 @@ async def _in_batches(
             rows = (
                 await conn.execute(statement, {"cutoff": cutoff, "batch": policy.batch_size})
             ).all()
+            if refresh is not None:
+                # In the batch's transaction: the coverage never counts a removed snapshot.
+                await refresh(conn, [(p, d) for p, d in rows[0].desktops])
         if history is not None:
             (row,) = rows
             n = int(row.snapshots)
@@ -199,11 +210,16 @@ async def prune(
     engine: AsyncEngine,
     policy: Policy,
     *,
+    refresh: Refresh,
     dry_run: bool = False,
     now: datetime | None = None,
     stopping: Callable[[], bool] = lambda: False,
 ) -> Outcome:
-    """Apply the policy in batches until nothing is left to remove (or `stopping()`)."""
+    """Apply the policy in batches until nothing is left to remove (or `stopping()`).
+
+    `refresh` is app.store.refresh_coverage (passed in: app.store imports what imports this
+    module): the desktops of the snapshots a batch removed get their coverage recomputed in the
+    batch's transaction."""
     now = now or datetime.now(UTC)
     outcome = Outcome(
         dry_run=dry_run,
@@ -229,7 +245,7 @@ async def prune(
                 outcome.batches += batches
             if outcome.deleted_cutoff is not None:
                 outcome.snapshots, batches = await _in_batches(
-                    conn, PRUNE_DELETED, outcome.deleted_cutoff, policy, stopping, outcome
+                    conn, PRUNE_DELETED, outcome.deleted_cutoff, policy, stopping, outcome, refresh
                 )
                 outcome.batches += batches
     outcome.seconds = time.monotonic() - started

@@ -13,12 +13,16 @@ import io
 import re
 import shutil
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import errors
+from app import settings as settings_module
 
 if TYPE_CHECKING:
     from rich.console import Console, Group
@@ -519,3 +523,28 @@ def render_text(
     )
     console.print(report(statuses, now, detail=detail, width=console.width))
     return "\n".join(line.rstrip() for line in console.export_text(styles=False).splitlines())
+
+
+# Here, not in app.discovery: `status` then needs no HTTP client (aiohttp) at start-up.
+def source_line(settings: settings_module.Settings, stored: Sequence[str]) -> str:
+    """For `snapsync status`: where the projects come from, beside those the database holds."""
+    if settings.discovers:
+        kept = settings.regions.strip() or "every Workspace region"
+        return (
+            f"projects: SNAPSYNC_PROJECTS=auto, discovered through IAM ({kept}) by each `sync` "
+            f"and by `run` every {settings.discovery_interval:g}s; {len(stored)} in the "
+            "database; what the newest discovery skipped and when it ran: `run`'s /metrics "
+            "(snapsync_project_skipped_info, snapsync_discovery_last_run_timestamp_seconds)"
+        )
+    if not settings.projects.strip():
+        return f"projects: SNAPSYNC_PROJECTS is not set here; {len(stored)} in the database"
+    try:
+        configured = [p.project_id for p in settings.project_list()]
+    except errors.ConfigError as exc:
+        return f"projects: {exc}"
+    line = f"projects: {len(configured)} configured in SNAPSYNC_PROJECTS"
+    others = sum(1 for pid in stored if pid not in configured)
+    if others:
+        # Counted, not named: each project has its own line above.
+        line += f"; {others} more in the database, no longer configured (not synced, data kept)"
+    return line

@@ -368,8 +368,10 @@ def _comments() -> list[str]:
         )
     comment, columns = models.TABLE_COMMENTS["snapshot_desktops"]
     statements.append(f"COMMENT ON TABLE snapshot_desktops IS {_quote(comment)}")
-    for column, text in columns.items():
-        statements.append(f"COMMENT ON COLUMN snapshot_desktops.{column} IS {_quote(text)}")
+    for column in ("project_id", "desktop_id"):  # the columns of this revision (0006 adds more)
+        statements.append(
+            f"COMMENT ON COLUMN snapshot_desktops.{column} IS {_quote(columns[column])}"
+        )
     return statements
 
 

@@ -20,6 +20,7 @@ from app import items
 from app.simulator.population import API_FIELDS
 
 from ..conftest import REPO, _asyncpg_dsn, cli_env
+from . import test_coverage as coverage
 
 BENCH = REPO / "benchmarks" / "bench.py"
 REPORTING = REPO / "benchmarks" / "reporting.py"
@@ -217,6 +218,9 @@ async def test_reporting_benchmark_times_every_doc_query_and_panel(
             item = {key: raw[key] for key in API_FIELDS if key in raw}
             assert item == raw
             assert items.parse_item(item).content_hash == row["content_hash"]
+        # Every desktop has its coverage row, and the view answers what the lookups answer.
+        assert await conn.fetchval("SELECT count(*) FROM snapshot_desktops") == 3 * 8
+        assert await coverage.assert_coverage_is_exact(conn) == 3 * 8
     finally:
         await conn.close()
 

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from app import discovery, errors
+from app import discovery, errors, status
 from app import settings as settings_module
 
 from ..conftest import run_cli, run_cli_sync
@@ -69,13 +69,13 @@ def test_auto_is_alone_and_snapsync_regions_names_workspace_regions() -> None:
 
 def test_the_status_line_says_where_the_projects_come_from() -> None:
     configured = settings_module.load_settings(projects="a1,b2@eu-west-101")
-    line = discovery.source_line(configured, ["a1", "c3"])
+    line = status.source_line(configured, ["a1", "c3"])
     assert line.startswith("projects: 2 configured in SNAPSYNC_PROJECTS; 1 more in the database")
     assert line.endswith("no longer configured (not synced, data kept)")
-    unset = discovery.source_line(settings_module.load_settings(projects=""), ["a1"])
+    unset = status.source_line(settings_module.load_settings(projects=""), ["a1"])
     assert unset == "projects: SNAPSYNC_PROJECTS is not set here; 1 in the database"
     auto = settings_module.load_settings(projects="auto", regions="eu-west-101")
-    line = discovery.source_line(auto, ["a1"])
+    line = status.source_line(auto, ["a1"])
     assert "discovered through IAM (eu-west-101)" in line and "1 in the database" in line
 
 
