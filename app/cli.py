@@ -24,7 +24,7 @@ import app
 from app import errors
 
 if TYPE_CHECKING:
-    from app import runtime, sync
+    from app import runs, runtime
     from app import settings as settings_module
 
 T = TypeVar("T")
@@ -175,7 +175,7 @@ async def sync_projects(
     *,
     live: bool,
     discover: bool = False,
-) -> list[sync.RunResult]:
+) -> list[runs.RunResult]:
     """One pass over `projects` (with `discover`, over those IAM lists); with `live`, drawn by
     app.progress on stderr meanwhile."""
     from app import runtime

@@ -25,7 +25,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from app import daemon, db, errors, health
+from app import daemon, db, dbwatch, errors, health
 from app import settings as settings_module
 
 from ..conftest import _asyncpg_dsn, cli_env
@@ -46,9 +46,9 @@ def test_a_project_is_due_an_interval_after_its_newest_run_started() -> None:
     # ...but a project synced half an interval ago by another replica is not due.
     assert not daemon.is_due(now - timedelta(seconds=150), now, 300)
     assert daemon.slack_for(300) > daemon.jitter_for(300)
-    assert daemon.retry_delay(1) == daemon.FIRST_RETRY_SECONDS
-    assert daemon.retry_delay(3) == 4 * daemon.FIRST_RETRY_SECONDS
-    assert daemon.retry_delay(50) == daemon.MAX_RETRY_SECONDS
+    assert dbwatch.retry_delay(1) == dbwatch.FIRST_RETRY_SECONDS
+    assert dbwatch.retry_delay(3) == 4 * dbwatch.FIRST_RETRY_SECONDS
+    assert dbwatch.retry_delay(50) == dbwatch.MAX_RETRY_SECONDS
 
 
 def test_readiness_names_the_stale_projects() -> None:
@@ -100,7 +100,7 @@ async def test_a_waiting_task_ends_when_cancelled_as_its_event_is_set() -> None:
 
     async def monitor() -> None:
         while True:
-            await daemon._wait_event(event, 5)
+            await dbwatch.wait_event(event, 5)
             event.clear()
 
     task = asyncio.create_task(monitor())
