@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -41,7 +41,6 @@ from app import settings as settings_module
 from app.dbwatch import DB_CHECK_TIMEOUT
 
 log = logging.getLogger("app.daemon")
-_T = TypeVar("_T")
 
 GRACE_VARIABLE = "SNAPSYNC_SHUTDOWN_GRACE"
 DEFAULT_SHUTDOWN_GRACE = 30.0
@@ -113,6 +112,9 @@ class Daemon:
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
         on_progress: runs.ProgressHook | None = None,
         on_finished: Callable[[runs.RunResult], None] | None = None,
+        on_request: client.RequestHook | None = None,
+        on_retry: client.RequestHook | None = None,
+        on_wait: client.WaitHook | None = None,
         serve_http: bool = True,
         handle_signals: bool = True,
     ) -> None:
@@ -120,6 +122,7 @@ class Daemon:
         chosen = list(projects) if projects is not None else settings.require_projects()
         self._extra_progress = on_progress
         self._extra_finished = on_finished
+        self._extra_request, self._extra_retry, self._extra_wait = on_request, on_retry, on_wait
         self._serve_http = serve_http
         self._handle_signals = handle_signals
         self._interval = settings.sync_interval
@@ -192,8 +195,9 @@ class Daemon:
                     runtime.open_runtime(
                         self._settings,
                         ready=ready,
-                        on_request=self.metrics.on_request,
-                        on_retry=self.metrics.on_retry,
+                        on_request=self._on_request,
+                        on_retry=self._on_retry,
+                        on_wait=self._on_wait,
                         on_progress=self._on_progress,
                         on_finished=self._on_finished,
                     )
@@ -233,7 +237,8 @@ class Daemon:
         )
 
     def readiness(self) -> health.Readiness:
-        """For /readyz: the database answers and every project succeeded recently."""
+        """For /readyz: the database answers, there are projects, and every one succeeded
+        recently."""
         return health.assess(
             now=datetime.now(UTC),
             project_ids=[p.project_id for p in self._known.projects],
@@ -242,6 +247,7 @@ class Daemon:
             database_error=self._watch.error,
             stale_after=health.STALE_INTERVALS * self._interval,
             stopping=self._lifecycle.stopping,
+            discovery=self._known.unready(),
         )
 
     async def refresh_metrics(self) -> None:
@@ -427,20 +433,31 @@ class Daemon:
 
     # -- hooks ------------------------------------------------------------------------------------
 
+    def _on_request(self, project_id: str, status: int) -> None:
+        self.metrics.on_request(project_id, status)
+        _call_hook(self._extra_request, "request", project_id, status)
+
+    def _on_retry(self, project_id: str, attempt: int) -> None:
+        self.metrics.on_retry(project_id, attempt)
+        _call_hook(self._extra_retry, "retry", project_id, attempt)
+
+    def _on_wait(self, project_id: str, reason: str, seconds: float | None) -> None:
+        _call_hook(self._extra_wait, "wait", project_id, reason, seconds)
+
     def _on_progress(self, progress: runs.Progress) -> None:
-        _call_hook(self._extra_progress, progress, "the progress callback failed")
+        _call_hook(self._extra_progress, "progress", progress)
 
     def _on_finished(self, result: runs.RunResult) -> None:
         self.metrics.on_finished(result)
         if result.status == "succeeded":
             self._watch.last_success[result.project_id] = datetime.now(UTC)
-        _call_hook(self._extra_finished, result, "the finished callback failed")
+        _call_hook(self._extra_finished, "finished", result)
 
 
-def _call_hook(hook: Callable[[_T], None] | None, value: _T, failure: str) -> None:
+def _call_hook(hook: Callable[..., None] | None, name: str, *args: Any) -> None:
     """Call a caller's hook; its error is logged, never the daemon's."""
     if hook is not None:
         try:
-            hook(value)
+            hook(*args)
         except Exception:
-            log.exception(failure)
+            log.exception("the %s callback failed", name)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from app import auth, client, errors, logs, regions, runtime
+from app import auth, client, errors, logs, regions, runtime, store
 from app import settings as settings_module
 
 if TYPE_CHECKING:
@@ -40,6 +40,8 @@ LISTING_CALL = f"GET {LISTING_PATH} (KeystoneListAuthProjects)"
 # The Workspace answers that mean "nothing to sync here": skipped, not failed.
 SKIP_REASONS = {403: "workspace_forbidden", 404: "workspace_not_found"}
 MAX_BACKOFF = 30.0
+# How long storing a discovery's outcome may take.
+STORE_TIMEOUT = 10.0
 DISCOVERY_JOB = "discovery"
 # While no discovery has found a project yet, the next one comes this soon at the latest.
 RETRY_SECONDS = 60.0
@@ -228,9 +230,13 @@ async def discover(built: runtime.Runtime, settings: settings_module.Settings) -
     """One discovery: IAM's list, transformed, probed; each skipped project warned about once.
 
     Raises errors.DiscoveryError when IAM does not list the projects."""
-    payload = await list_account_projects(
-        session=built.session, authenticator=built.authenticator, settings=settings
-    )
+    try:
+        payload = await list_account_projects(
+            session=built.session, authenticator=built.authenticator, settings=settings
+        )
+    except errors.DiscoveryError as exc:
+        await _stored(built, datetime.now(UTC), problem=str(exc))
+        raise
     listing = workspace_projects(payload, keep=settings.kept_regions())
     kept, skipped = await probe(
         built.client, listing.projects, concurrency=settings.max_concurrent_projects
@@ -244,7 +250,45 @@ async def discover(built: runtime.Runtime, settings: settings_module.Settings) -
             )
     found = Discovery(projects=kept, skipped=skipped, listing=listing)
     log.info(found.summary())
+    await _stored(
+        built,
+        found.finished_at,
+        problem=None,
+        served=[{"id": p.project_id, "region": p.region} for p in kept],
+        skipped=[
+            {
+                "id": item.project.project_id,
+                "region": item.project.region,
+                "reason": item.reason,
+                "detail": item.detail,
+            }
+            for item in skipped
+        ],
+    )
     return found
+
+
+async def _stored(
+    built: runtime.Runtime,
+    finished_at: datetime,
+    *,
+    problem: str | None,
+    served: Sequence[dict[str, str]] = (),
+    skipped: Sequence[dict[str, str]] = (),
+) -> None:
+    """Keep the outcome for `snapsync status`; when the database does not take it, a warning
+    (the syncs meet the database next)."""
+    try:
+        async with asyncio.timeout(STORE_TIMEOUT), store.connect(built.engine, begin=True) as conn:
+            await store.record_discovery(
+                conn,
+                finished_at=finished_at,
+                problem=problem,
+                served=[row | {"at": finished_at} for row in served],
+                skipped=[row | {"at": finished_at} for row in skipped],
+            )
+    except (errors.DatabaseError, TimeoutError) as exc:
+        log.warning("the discovery is not stored for `snapsync status`: %s", exc or "timed out")
 
 
 def source_line(settings: settings_module.Settings, stored: Sequence[str]) -> str:
@@ -254,8 +298,7 @@ def source_line(settings: settings_module.Settings, stored: Sequence[str]) -> st
         return (
             f"projects: SNAPSYNC_PROJECTS=auto, discovered through IAM ({kept}) by each `sync` "
             f"and by `run` every {settings.discovery_interval:g}s; {len(stored)} in the "
-            "database; what the newest discovery skipped and when it ran: `run`'s /metrics "
-            "(snapsync_project_skipped_info, snapsync_discovery_last_run_timestamp_seconds)"
+            "database"
         )
     if not settings.projects.strip():
         return f"projects: SNAPSYNC_PROJECTS is not set here; {len(stored)} in the database"
@@ -297,7 +340,14 @@ class Refresher:
         self._forget = forget
         self._runtime: runtime.Runtime | None = None
         self._scheduler: AsyncIOScheduler | None = None
+        self._problem = "no discovery has ended yet"
         metrics.show_projects(projects, "configured")
+
+    def unready(self) -> str | None:
+        """For /readyz: why there is no project to sync, or None when there are some."""
+        if self.projects or not self.discovering:
+            return None
+        return f"SNAPSYNC_PROJECTS=auto has no project to sync: {self._problem}"
 
     def _retry_in(self) -> float:
         every = self._settings.discovery_interval
@@ -351,6 +401,7 @@ class Refresher:
         self._use(found.projects)
 
     def _failed(self, problem: str) -> None:
+        self._problem = problem
         daemon_log.error(
             "%s; still syncing the %d project(s) known before, asking again in %gs",
             problem,

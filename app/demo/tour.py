@@ -127,6 +127,9 @@ async def run_demo(base: settings_module.Settings, options: DemoOptions, console
             shutdown_grace=SHUTDOWN_GRACE,
             on_progress=dashboard.on_progress,
             on_finished=dashboard.on_finished,
+            on_request=dashboard.tracker.on_request,
+            on_retry=dashboard.tracker.on_retry,
+            on_wait=dashboard.tracker.on_wait,
             serve_http=True,
             handle_signals=True,
         )
