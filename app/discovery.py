@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,7 +38,6 @@ LISTING_PATH = "/v3/auth/projects"
 LISTING_CALL = f"GET {LISTING_PATH} (KeystoneListAuthProjects)"
 # The Workspace answers that mean "nothing to sync here": skipped, not failed.
 SKIP_REASONS = {403: "workspace_forbidden", 404: "workspace_not_found"}
-MAX_BACKOFF = 30.0
 # How long storing a discovery's outcome may take.
 STORE_TIMEOUT = 10.0
 DISCOVERY_JOB = "discovery"
@@ -184,7 +182,7 @@ async def list_account_projects(
                         continue
         if not retryable or attempt >= settings.max_retries:
             raise errors.DiscoveryError(_refusal(url, status, failure))
-        await asyncio.sleep(random.uniform(0, min(MAX_BACKOFF, 0.5 * 2**attempt)))
+        await asyncio.sleep(client.backoff(attempt))
         attempt += 1
 
 

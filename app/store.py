@@ -506,7 +506,11 @@ async def record_discovery(
             await conn.execute(
                 text(
                     "INSERT INTO skipped_projects (project_id, region, reason, detail, "
-                    "skipped_at) VALUES (:id, :region, :reason, :detail, :at)"
+                    "skipped_at) VALUES (:id, :region, :reason, :detail, :at) "
+                    # Another replica's discovery may have written the same ones meanwhile.
+                    "ON CONFLICT (project_id) DO UPDATE SET region = EXCLUDED.region, "
+                    "reason = EXCLUDED.reason, detail = EXCLUDED.detail, "
+                    "skipped_at = EXCLUDED.skipped_at"
                 ),
                 list(skipped),
             )

@@ -18,7 +18,8 @@ PLAIN_WIDTH = 120
 
 @dataclass
 class Dashboard:
-    """Collects the daemon's progress and finished callbacks; shows them as a view or lines."""
+    """The daemon's finished runs and its `tracker` (fed by the daemon's hooks), shown as a
+    view or as lines."""
 
     project_ids: Sequence[str]
     duration: float
@@ -29,17 +30,6 @@ class Dashboard:
 
     def __post_init__(self) -> None:
         self.tracker = progress.Tracker(self.project_ids)
-
-    @property
-    def started(self) -> float | None:
-        return self.tracker.started
-
-    @started.setter
-    def started(self, value: float | None) -> None:
-        self.tracker.started = value
-
-    def on_progress(self, update: runs.Progress) -> None:
-        self.tracker.on_progress(update)
 
     def on_finished(self, result: runs.RunResult) -> None:
         if result.project_id in self.tracker.lines and result.status != "skipped":

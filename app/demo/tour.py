@@ -125,7 +125,7 @@ async def run_demo(base: settings_module.Settings, options: DemoOptions, console
             settings,
             projects=settings.project_list(),
             shutdown_grace=SHUTDOWN_GRACE,
-            on_progress=dashboard.on_progress,
+            on_progress=dashboard.tracker.on_progress,
             on_finished=dashboard.on_finished,
             on_request=dashboard.tracker.on_request,
             on_retry=dashboard.tracker.on_retry,
@@ -182,7 +182,7 @@ async def _run_for(
     async def stop_later() -> None:
         nonlocal expired
         await daemon.started.wait()
-        dashboard.started = time.monotonic()
+        dashboard.tracker.started = time.monotonic()
         if daemon.http_port is not None:
             dashboard.metrics_url = f"http://127.0.0.1:{daemon.http_port}/metrics"
             if not console.is_terminal:

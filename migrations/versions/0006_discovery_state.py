@@ -14,7 +14,7 @@ Create Date: 2026-12-01
   last one failed.
 """
 
-import importlib.util
+import runpy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,13 +29,10 @@ depends_on: str | Sequence[str] | None = None
 TZ = sa.DateTime(timezone=True)
 
 
-def _reporting_module():  # type: ignore[no-untyped-def]
+def _grant_reader() -> str:
+    """0002's GRANTs to snapsync_reader, which cover the tables created since."""
     path = Path(__file__).with_name("0002_reporting_surface.py")
-    spec = importlib.util.spec_from_file_location("snapsync_migration_0002", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return str(runpy.run_path(str(path))["grant_reader"]())
 
 
 def upgrade() -> None:
@@ -96,7 +93,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_discovery_state")),
         comment="When discovery (SNAPSYNC_PROJECTS=auto) last ran, and how it ended.",
     )
-    op.execute(_reporting_module().grant_reader())
+    op.execute(_grant_reader())
 
 
 def downgrade() -> None:
