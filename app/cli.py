@@ -24,7 +24,7 @@ import app
 from app import errors
 
 if TYPE_CHECKING:
-    from app import runtime, sync
+    from app import runs, runtime
     from app import settings as settings_module
 
 T = TypeVar("T")
@@ -175,7 +175,7 @@ async def sync_projects(
     *,
     live: bool,
     discover: bool = False,
-) -> list[sync.RunResult]:
+) -> list[runs.RunResult]:
     """One pass over `projects` (with `discover`, over those IAM lists); with `live`, drawn by
     app.progress on stderr meanwhile."""
     from app import runtime
@@ -266,12 +266,15 @@ def status(as_json: bool, project_ids: tuple[str, ...]) -> None:
     with reported_errors():
         settings = load()
 
-        async def go() -> list[status_module.ProjectStatus]:
+        async def go() -> tuple[
+            list[status_module.ProjectStatus], status_module.DiscoveryRecord | None
+        ]:
             async with db.open_engine(settings, pool_size=1) as engine:
                 await db.check_schema(engine)
-                return await status_module.collect(engine, project_ids=list(project_ids))
+                found = await status_module.collect(engine, project_ids=list(project_ids))
+                return found, await status_module.collect_discovery(engine)
 
-        statuses = run_async(go)
+        statuses, discovered = run_async(go)
     now = datetime.now(UTC)
     if as_json:
         click.echo(json.dumps([s.as_json(now) for s in statuses], indent=2))
@@ -283,6 +286,9 @@ def status(as_json: bool, project_ids: tuple[str, ...]) -> None:
             click.echo(status_module.render_text(statuses, now, detail=detail))
         if not project_ids:
             click.echo(status_module.source_line(settings, [s.project_id for s in statuses]))
+            if settings.discovers:
+                for line in status_module.discovery_lines(discovered, now):
+                    click.echo(line)
 
 
 @cli.command()

@@ -73,6 +73,12 @@ WaitHook = Callable[[str, str, float | None], None]
 """Called with (project_id, HTTP status or 0 for no answer) after every request."""
 
 
+def backoff(attempt: int, retry_after: float | None = None) -> float:
+    """Exponential backoff with full jitter; never shorter than the server's Retry-After."""
+    delay = random.uniform(0, min(MAX_BACKOFF, 0.5 * (2**attempt)))
+    return delay if retry_after is None else max(delay, retry_after)
+
+
 class WorkspaceClient:
     """Lists snapshots of any configured project through one shared aiohttp session."""
 
@@ -145,7 +151,7 @@ class WorkspaceClient:
                         continue
                 if not exc.transient or attempt >= self._settings.max_retries:
                     raise
-                delay = self._backoff(attempt, exc.retry_after)
+                delay = backoff(attempt, exc.retry_after)
                 reason = "backoff" if exc.retry_after is None else "Retry-After"
                 failure = str(exc)
             except (errors.TransportError, errors.BadResponseError) as exc:
@@ -155,7 +161,7 @@ class WorkspaceClient:
                     retryable = exc.status in errors.RETRYABLE_STATUSES
                 if not retryable or attempt >= self._settings.max_retries:
                     raise
-                delay = self._backoff(attempt, None)
+                delay = backoff(attempt)
                 reason = "backoff"
                 failure = str(exc)
             attempt += 1
@@ -174,15 +180,6 @@ class WorkspaceClient:
                 extra={"project_id": project.project_id},
             )
             await asyncio.sleep(delay)
-
-    @staticmethod
-    def _backoff(attempt: int, retry_after: float | None) -> float:
-        """Exponential backoff with full jitter; never shorter than the server's Retry-After."""
-        ceiling = min(MAX_BACKOFF, 0.5 * (2**attempt))
-        delay = random.uniform(0, ceiling)
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        return delay
 
     async def _attempt(
         self,

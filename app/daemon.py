@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -32,6 +32,7 @@ from app import (
     logs,
     metrics,
     pruner,
+    runs,
     runtime,
     store,
     sync,
@@ -39,21 +40,11 @@ from app import (
 from app import settings as settings_module
 from app.dbwatch import DB_CHECK_TIMEOUT
 
-# Re-exported: the backoff of the database probes, as the daemon's tests read it.
-from app.dbwatch import FIRST_RETRY_SECONDS as FIRST_RETRY_SECONDS
-from app.dbwatch import MAX_RETRY_SECONDS as MAX_RETRY_SECONDS
-from app.dbwatch import retry_delay as retry_delay
-from app.dbwatch import wait_event as _wait_event  # noqa: F401
-
 log = logging.getLogger("app.daemon")
-_T = TypeVar("_T")
 
 GRACE_VARIABLE = "SNAPSYNC_SHUTDOWN_GRACE"
 DEFAULT_SHUTDOWN_GRACE = 30.0
 HOT_LANE_JOB = "hot-lane"
-DISCOVERY_JOB = "discovery"
-# While no discovery has found a project yet, the next one comes this soon at the latest.
-DISCOVERY_RETRY_SECONDS = 60.0
 HOT_LANE_CONCURRENCY = 4
 
 
@@ -111,7 +102,7 @@ class Daemon:
     """Syncs the configured projects on their interval until `stop()` or SIGTERM/SIGINT.
 
     With SNAPSYNC_PROJECTS=auto (and no `projects` given) the projects come from a discovery
-    at start and again every SNAPSYNC_DISCOVERY_INTERVAL (see `_discover`)."""
+    at start and again every SNAPSYNC_DISCOVERY_INTERVAL (app/discovery.py's Refresher)."""
 
     def __init__(
         self,
@@ -119,22 +110,25 @@ class Daemon:
         *,
         projects: Sequence[settings_module.Project] | None = None,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
-        on_progress: sync.ProgressHook | None = None,
-        on_finished: Callable[[sync.RunResult], None] | None = None,
+        on_progress: runs.ProgressHook | None = None,
+        on_finished: Callable[[runs.RunResult], None] | None = None,
+        on_request: client.RequestHook | None = None,
+        on_retry: client.RequestHook | None = None,
+        on_wait: client.WaitHook | None = None,
         serve_http: bool = True,
         handle_signals: bool = True,
     ) -> None:
         self._settings = settings
-        self._projects = list(projects) if projects is not None else settings.require_projects()
-        self._discovering = projects is None and settings.discovers
+        chosen = list(projects) if projects is not None else settings.require_projects()
         self._extra_progress = on_progress
         self._extra_finished = on_finished
+        self._extra_request, self._extra_retry, self._extra_wait = on_request, on_retry, on_wait
         self._serve_http = serve_http
         self._handle_signals = handle_signals
         self._interval = settings.sync_interval
-        self.metrics = metrics.Metrics([p.project_id for p in self._projects])
+        self.metrics = metrics.Metrics([p.project_id for p in chosen])
         self._watch = dbwatch.DatabaseWatch(
-            project_ids=lambda: [p.project_id for p in self._projects],
+            project_ids=lambda: [p.project_id for p in self._known.projects],
             metrics=self.metrics,
             interval=self._interval,
         )
@@ -145,8 +139,15 @@ class Daemon:
             watch=self._watch,
             tasks=self._lifecycle,
         )
-        self.metrics.show_projects(self._projects, "configured")
-        self._runtime: runtime.Runtime | None = None
+        self._known = discovery.Refresher(
+            settings,
+            projects=chosen,
+            discovering=projects is None and settings.discovers,
+            metrics=self.metrics,
+            tasks=self._lifecycle,
+            add_job=self._add_sync_job,
+            forget=lambda pid: self._watch.last_success.pop(pid, None),
+        )
         self._syncer: sync.Syncer | None = None
         self._client: client.WorkspaceClient | None = None
         self._scheduler: AsyncIOScheduler | None = None
@@ -194,8 +195,9 @@ class Daemon:
                     runtime.open_runtime(
                         self._settings,
                         ready=ready,
-                        on_request=self.metrics.on_request,
-                        on_retry=self.metrics.on_retry,
+                        on_request=self._on_request,
+                        on_retry=self._on_retry,
+                        on_wait=self._on_wait,
                         on_progress=self._on_progress,
                         on_finished=self._on_finished,
                     )
@@ -203,15 +205,11 @@ class Daemon:
                 if built is None:
                     return
                 engine, self._client, self._syncer = built.engine, built.client, built.syncer
-                self._runtime = built
-                if self._discovering:
-                    await self._discover()
-                monitor = asyncio.create_task(
-                    self._watch.monitor(
-                        engine, stopping=lambda: self._stopping, on_back=self._run_jobs_now
-                    ),
-                    name="snapsync-db-monitor",
+                await self._known.start(built)
+                watching = self._watch.monitor(
+                    engine, stopping=lambda: self._lifecycle.stopping, on_back=self._run_jobs_now
                 )
+                monitor = asyncio.create_task(watching, name="snapsync-db-monitor")
                 try:
                     self._scheduler = self._start_scheduler()
                     self.started.set()
@@ -234,49 +232,29 @@ class Daemon:
             self._scheduler,
             uptime=time.monotonic() - self._started_at,
             in_progress=len(self._lifecycle.active),
-            stopping=self._stopping,
+            stopping=self._lifecycle.stopping,
             interval=self._interval,
         )
 
     def readiness(self) -> health.Readiness:
-        """For /readyz: the database answers and every project succeeded recently."""
+        """For /readyz: the database answers, there are projects, and every one succeeded
+        recently."""
         return health.assess(
             now=datetime.now(UTC),
-            project_ids=[p.project_id for p in self._projects],
+            project_ids=[p.project_id for p in self._known.projects],
             last_success=self._watch.last_success,
-            database_ok=self._db_ok,
+            database_ok=self._watch.ok,
             database_error=self._watch.error,
             stale_after=health.STALE_INTERVALS * self._interval,
-            stopping=self._stopping,
+            stopping=self._lifecycle.stopping,
+            discovery=self._known.unready(),
         )
 
     async def refresh_metrics(self) -> None:
         """Before a scrape: database gauges, re-read when older than a few seconds."""
-        self.metrics.database_up.set(1 if self._db_ok else 0)
+        self.metrics.database_up.set(1 if self._watch.ok else 0)
         self.metrics.syncs_in_progress.set(len(self._lifecycle.active))
         await self._watch.refresh_counts()
-
-    # -- the parts' state, under the names the jobs use -------------------------------------------
-
-    @property
-    def _engine(self) -> AsyncEngine | None:
-        return self._watch.engine
-
-    @property
-    def _db_ok(self) -> bool:
-        return self._watch.ok
-
-    @property
-    def _counts_dirty(self) -> bool:
-        return self._watch.counts_dirty
-
-    @_counts_dirty.setter
-    def _counts_dirty(self, value: bool) -> None:
-        self._watch.counts_dirty = value
-
-    @property
-    def _stopping(self) -> bool:
-        return self._lifecycle.stopping
 
     # -- scheduling -----------------------------------------------------------------------------
 
@@ -284,21 +262,9 @@ class Daemon:
         scheduler = AsyncIOScheduler(timezone=UTC)
         jitter = jitter_for(self._interval)
         now = datetime.now(UTC)
-        for project in self._projects:
+        for project in self._known.projects:
             self._add_sync_job(scheduler, project, now)
-        if self._discovering:
-            every = self._settings.discovery_interval
-            first = every if self._projects else min(every, DISCOVERY_RETRY_SECONDS)
-            scheduler.add_job(
-                self._discovery_job,
-                IntervalTrigger(seconds=every, timezone=UTC),
-                id=DISCOVERY_JOB,
-                name="discovery",
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=None,
-                next_run_time=now + timedelta(seconds=first),
-            )
+        self._known.schedule(scheduler, now)
         scheduler.add_job(
             self._hot_job,
             IntervalTrigger(seconds=self._settings.hot_interval, timezone=UTC),
@@ -313,7 +279,7 @@ class Daemon:
         scheduler.start()
         log.info(
             "syncing %d project(s) every %gs (jitter %gs), at most %d at once",
-            len(self._projects),
+            len(self._known.projects),
             self._interval,
             jitter,
             self._settings.max_concurrent_projects,
@@ -336,78 +302,12 @@ class Daemon:
             next_run_time=now + timedelta(seconds=random.uniform(0, jitter)),
         )
 
-    # -- discovery (SNAPSYNC_PROJECTS=auto) -------------------------------------------------------
-
-    async def _discovery_job(self) -> None:
-        """One firing of the discovery job, counted as running work for the shutdown."""
-        if self._stopping:
-            return
-        with self._lifecycle.tracked("the discovery"):
-            await self._discover()
-
-    async def _discover(self) -> None:
-        """Ask IAM for the projects again: a new one gets a sync job, one no longer listed
-        stops being synced (its data stays). When IAM does not list them, or lists none
-        Workspace serves, the projects known so far keep being synced."""
-        built = self._runtime
-        assert built is not None
-        try:
-            found = await discovery.discover(built, self._settings)
-        except errors.DiscoveryError as exc:
-            self.metrics.show_discovery(None)
-            self._discovery_failed(str(exc))
-            return
-        self.metrics.show_discovery(found.skipped)
-        nothing = found.nothing_served()
-        if nothing is not None:
-            self._discovery_failed(str(nothing))
-            return
-        self._use_projects(found.projects)
-
-    def _discovery_failed(self, problem: str) -> None:
-        log.error(
-            "%s; still syncing the %d project(s) known before, asking again in %gs",
-            problem,
-            len(self._projects),
-            self._settings.discovery_interval
-            if self._projects
-            else min(self._settings.discovery_interval, DISCOVERY_RETRY_SECONDS),
-        )
-        job = self._scheduler.get_job(DISCOVERY_JOB) if self._scheduler is not None else None
-        if job is not None and not self._projects:
-            soon = min(self._settings.discovery_interval, DISCOVERY_RETRY_SECONDS)
-            job.modify(next_run_time=datetime.now(UTC) + timedelta(seconds=soon))
-
-    def _use_projects(self, projects: Sequence[settings_module.Project]) -> None:
-        """Sync `projects` from now on: jobs for the new ones, none for those gone."""
-        before = {p.project_id: p for p in self._projects}
-        after = {p.project_id: p for p in projects}
-        scheduler = self._scheduler
-        for pid, project in before.items():
-            if after.get(pid) == project:
-                continue
-            if scheduler is not None and scheduler.get_job(pid) is not None:
-                scheduler.remove_job(pid)
-            if pid not in after:
-                self._watch.last_success.pop(pid, None)
-                with logs.context(project_id=pid):
-                    log.info("no longer listed by IAM: not synced any more, its data is kept")
-        self._projects = list(projects)
-        self.metrics.show_projects(self._projects, "discovered")
-        now = datetime.now(UTC)
-        for pid, project in after.items():
-            if before.get(pid) != project:
-                with logs.context(project_id=pid):
-                    log.info("discovered in %s: synced from now on", project.region)
-                if scheduler is not None:
-                    self._add_sync_job(scheduler, project, now)
-
     async def _hot_job(self) -> None:
         """The fast lane: every SNAPSYNC_HOT_INTERVAL, re-read the in-flight snapshots of the
         projects that have some. It yields to the full syncs when the API throttles: while the
         client's rate is below its configured value (a recent 429), it makes no request."""
-        engine, syncer, workspace = self._engine, self._syncer, self._client
-        if self._stopping or not self._db_ok or engine is None or syncer is None:
+        engine, syncer, workspace = self._watch.engine, self._syncer, self._client
+        if self._lifecycle.stopping or not self._watch.ok or engine is None or syncer is None:
             return
         assert workspace is not None
         with self._lifecycle.tracked("the hot lane"):
@@ -417,11 +317,11 @@ class Daemon:
             except (errors.DatabaseError, TimeoutError) as exc:
                 self._watch.failed(exc)
                 return
-            for project in self._projects:
+            for project in self._known.projects:
                 self.metrics.in_flight.labels(project.project_id).set(
                     counts.get(project.project_id, 0)
                 )
-            hot = [p for p in self._projects if counts.get(p.project_id)]
+            hot = [p for p in self._known.projects if counts.get(p.project_id)]
             limiter = workspace.limiter
             if hot and not limiter.unlimited and limiter.rate < limiter.max_rate:
                 for project in hot:
@@ -431,7 +331,7 @@ class Daemon:
 
             async def poll(project: settings_module.Project) -> None:
                 async with gate:
-                    if self._stopping:
+                    if self._lifecycle.stopping:
                         return
                     try:
                         result = await syncer.poll_in_flight(project)
@@ -442,20 +342,20 @@ class Daemon:
                     return
                 self.metrics.hot_polls.labels(project.project_id, result.status).inc()
                 if result.counts.transitions:
-                    self._counts_dirty = True
+                    self._watch.counts_dirty = True
                     await self._watch.count_transitions(project, result)
 
             await asyncio.gather(*(poll(p) for p in hot), return_exceptions=False)
 
     def _run_jobs_now(self) -> None:
         """Bring every job's next firing forward (after the database came back)."""
-        for project in self._projects:
+        for project in self._known.projects:
             self._run_job_now(project.project_id)
 
     def _run_job_now(self, project_id: str) -> None:
         """Bring a project's next firing forward to now (plus the jitter)."""
         scheduler = self._scheduler
-        if scheduler is None or self._stopping:
+        if scheduler is None or self._lifecycle.stopping:
             return
         job = scheduler.get_job(project_id)
         if job is not None:
@@ -464,22 +364,22 @@ class Daemon:
 
     async def _job(self, project: settings_module.Project) -> None:
         """One firing of a project's job."""
-        if self._stopping:
+        if self._lifecycle.stopping:
             return
         tracked = self._lifecycle.tracked("a scheduled sync")
         with logs.context(project_id=project.project_id), tracked:
             async with self._gate:
-                if self._stopping:
+                if self._lifecycle.stopping:
                     return
                 await self._sync_if_due(project)
 
     async def _sync_if_due(self, project: settings_module.Project) -> None:
         pid = project.project_id
         checks = self.metrics.sync_checks
-        if not self._db_ok:
+        if not self._watch.ok:
             checks.labels(pid, "database_down").inc()
             return
-        engine, syncer = self._engine, self._syncer
+        engine, syncer = self._watch.engine, self._syncer
         assert engine is not None and syncer is not None
         try:
             async with store.advisory_lock(engine, store.SCHEDULE_LOCK_CLASS, pid) as conn:
@@ -489,7 +389,7 @@ class Daemon:
                 with store.database_errors():
                     newest = await store.newest_full_run_started(conn, pid)
                     await conn.commit()
-                if self._stopping:
+                if self._lifecycle.stopping:
                     return
                 if not is_due(newest, datetime.now(UTC), self._interval):
                     checks.labels(pid, "not_due").inc()
@@ -507,8 +407,8 @@ class Daemon:
             return
         await self._after_sync(project, result)
 
-    async def _after_sync(self, project: settings_module.Project, result: sync.RunResult) -> None:
-        self._counts_dirty = True
+    async def _after_sync(self, project: settings_module.Project, result: runs.RunResult) -> None:
+        self._watch.counts_dirty = True
         if result.status == "failed":
             # A database error shows here first; let the monitor look at once.
             self._watch.wake.set()
@@ -533,20 +433,31 @@ class Daemon:
 
     # -- hooks ------------------------------------------------------------------------------------
 
-    def _on_progress(self, progress: sync.Progress) -> None:
-        _call_hook(self._extra_progress, progress, "the progress callback failed")
+    def _on_request(self, project_id: str, status: int) -> None:
+        self.metrics.on_request(project_id, status)
+        _call_hook(self._extra_request, "request", project_id, status)
 
-    def _on_finished(self, result: sync.RunResult) -> None:
+    def _on_retry(self, project_id: str, attempt: int) -> None:
+        self.metrics.on_retry(project_id, attempt)
+        _call_hook(self._extra_retry, "retry", project_id, attempt)
+
+    def _on_wait(self, project_id: str, reason: str, seconds: float | None) -> None:
+        _call_hook(self._extra_wait, "wait", project_id, reason, seconds)
+
+    def _on_progress(self, progress: runs.Progress) -> None:
+        _call_hook(self._extra_progress, "progress", progress)
+
+    def _on_finished(self, result: runs.RunResult) -> None:
         self.metrics.on_finished(result)
         if result.status == "succeeded":
             self._watch.last_success[result.project_id] = datetime.now(UTC)
-        _call_hook(self._extra_finished, result, "the finished callback failed")
+        _call_hook(self._extra_finished, "finished", result)
 
 
-def _call_hook(hook: Callable[[_T], None] | None, value: _T, failure: str) -> None:
+def _call_hook(hook: Callable[..., None] | None, name: str, *args: Any) -> None:
     """Call a caller's hook; its error is logged, never the daemon's."""
     if hook is not None:
         try:
-            hook(value)
+            hook(*args)
         except Exception:
-            log.exception(failure)
+            log.exception("the %s callback failed", name)

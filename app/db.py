@@ -64,11 +64,12 @@ async def open_database(
         yield configured, None
         return
     from app import embedded
+    from app.embedded import programs
 
     server = embedded.EmbeddedPostgres(settings.data_dir)
     try:
         url = await asyncio.to_thread(server.start)
-    except embedded.EmbeddedPostgresError as exc:
+    except programs.EmbeddedPostgresError as exc:
         raise errors.DatabaseError(f"embedded PostgreSQL in {settings.data_dir}: {exc}") from None
     try:
         yield url, server

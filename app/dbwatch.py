@@ -18,7 +18,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import db, errors, logs, store, sync
+from app import db, errors, logs, runs, store
 from app import metrics as metrics_module
 from app import settings as settings_module
 
@@ -146,7 +146,7 @@ class DatabaseWatch:
         self.ok, self.error = False, description
 
     async def count_transitions(
-        self, project: settings_module.Project, result: sync.RunResult
+        self, project: settings_module.Project, result: runs.RunResult
     ) -> None:
         """After a run that changed statuses: count its transitions for /metrics."""
         engine = self.engine

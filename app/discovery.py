@@ -15,24 +15,34 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from app import auth, client, errors, logs, regions, runtime
+from app import auth, client, errors, logs, regions, runtime, store
 from app import settings as settings_module
 
+if TYPE_CHECKING:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from app import lifecycle, metrics
+
 log = logging.getLogger("app.discovery")
+# The daemon's messages about its projects, under its logger.
+daemon_log = logging.getLogger("app.daemon")
 
 LISTING_PATH = "/v3/auth/projects"
 LISTING_CALL = f"GET {LISTING_PATH} (KeystoneListAuthProjects)"
 # The Workspace answers that mean "nothing to sync here": skipped, not failed.
 SKIP_REASONS = {403: "workspace_forbidden", 404: "workspace_not_found"}
-MAX_BACKOFF = 30.0
+# How long storing a discovery's outcome may take.
+STORE_TIMEOUT = 10.0
+DISCOVERY_JOB = "discovery"
+# While no discovery has found a project yet, the next one comes this soon at the latest.
+RETRY_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -172,7 +182,7 @@ async def list_account_projects(
                         continue
         if not retryable or attempt >= settings.max_retries:
             raise errors.DiscoveryError(_refusal(url, status, failure))
-        await asyncio.sleep(random.uniform(0, min(MAX_BACKOFF, 0.5 * 2**attempt)))
+        await asyncio.sleep(client.backoff(attempt))
         attempt += 1
 
 
@@ -218,9 +228,13 @@ async def discover(built: runtime.Runtime, settings: settings_module.Settings) -
     """One discovery: IAM's list, transformed, probed; each skipped project warned about once.
 
     Raises errors.DiscoveryError when IAM does not list the projects."""
-    payload = await list_account_projects(
-        session=built.session, authenticator=built.authenticator, settings=settings
-    )
+    try:
+        payload = await list_account_projects(
+            session=built.session, authenticator=built.authenticator, settings=settings
+        )
+    except errors.DiscoveryError as exc:
+        await _stored(built, datetime.now(UTC), problem=str(exc))
+        raise
     listing = workspace_projects(payload, keep=settings.kept_regions())
     kept, skipped = await probe(
         built.client, listing.projects, concurrency=settings.max_concurrent_projects
@@ -234,4 +248,167 @@ async def discover(built: runtime.Runtime, settings: settings_module.Settings) -
             )
     found = Discovery(projects=kept, skipped=skipped, listing=listing)
     log.info(found.summary())
+    await _stored(
+        built,
+        found.finished_at,
+        problem=None,
+        served=[{"id": p.project_id, "region": p.region} for p in kept],
+        skipped=[
+            {
+                "id": item.project.project_id,
+                "region": item.project.region,
+                "reason": item.reason,
+                "detail": item.detail,
+            }
+            for item in skipped
+        ],
+    )
     return found
+
+
+async def _stored(
+    built: runtime.Runtime,
+    finished_at: datetime,
+    *,
+    problem: str | None,
+    served: Sequence[dict[str, str]] = (),
+    skipped: Sequence[dict[str, str]] = (),
+) -> None:
+    """Keep the outcome for `snapsync status`; when the database does not take it, a warning
+    (the syncs meet the database next)."""
+    try:
+        async with asyncio.timeout(STORE_TIMEOUT), store.connect(built.engine, begin=True) as conn:
+            await store.record_discovery(
+                conn,
+                finished_at=finished_at,
+                problem=problem,
+                served=[row | {"at": finished_at} for row in served],
+                skipped=[row | {"at": finished_at} for row in skipped],
+            )
+    except (errors.DatabaseError, TimeoutError) as exc:
+        log.warning("the discovery is not stored for `snapsync status`: %s", exc or "timed out")
+
+
+class Refresher:
+    """The daemon's projects: those configured, or with SNAPSYNC_PROJECTS=auto those of a
+    discovery at start and again every SNAPSYNC_DISCOVERY_INTERVAL. A new project gets a sync
+    job (`add_job`), one no longer listed loses it (`forget`; its data stays). When IAM does not
+    list them, or lists none Workspace serves, the projects known so far keep being synced."""
+
+    def __init__(
+        self,
+        settings: settings_module.Settings,
+        *,
+        projects: list[settings_module.Project],
+        discovering: bool,
+        metrics: metrics.Metrics,
+        tasks: lifecycle.Lifecycle,
+        add_job: Callable[[AsyncIOScheduler, settings_module.Project, datetime], None],
+        forget: Callable[[str], object],
+    ) -> None:
+        self.projects = projects
+        self.discovering = discovering
+        self._settings = settings
+        self._metrics = metrics
+        self._tasks = tasks
+        self._add_job = add_job
+        self._forget = forget
+        self._runtime: runtime.Runtime | None = None
+        self._scheduler: AsyncIOScheduler | None = None
+        self._problem = "no discovery has ended yet"
+        metrics.show_projects(projects, "configured")
+
+    def unready(self) -> str | None:
+        """For /readyz: why there is no project to sync, or None when there are some."""
+        if self.projects or not self.discovering:
+            return None
+        return f"SNAPSYNC_PROJECTS=auto has no project to sync: {self._problem}"
+
+    def _retry_in(self) -> float:
+        every = self._settings.discovery_interval
+        return every if self.projects else min(every, RETRY_SECONDS)
+
+    async def start(self, built: runtime.Runtime) -> None:
+        """The first discovery, before the scheduler starts."""
+        self._runtime = built
+        if self.discovering:
+            await self.refresh()
+
+    def schedule(self, scheduler: AsyncIOScheduler, now: datetime) -> None:
+        """Add the discovery job (with SNAPSYNC_PROJECTS=auto)."""
+        from apscheduler.triggers.interval import IntervalTrigger  # only the daemon needs it
+
+        self._scheduler = scheduler
+        if not self.discovering:
+            return
+        scheduler.add_job(
+            self._job,
+            IntervalTrigger(seconds=self._settings.discovery_interval, timezone=UTC),
+            id=DISCOVERY_JOB,
+            name="discovery",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            next_run_time=now + timedelta(seconds=self._retry_in()),
+        )
+
+    async def _job(self) -> None:
+        """One firing of the discovery job, counted as running work for the shutdown."""
+        if self._tasks.stopping:
+            return
+        with self._tasks.tracked("the discovery"):
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        """Ask IAM for the projects again and sync those it lists from now on."""
+        assert self._runtime is not None
+        try:
+            found = await discover(self._runtime, self._settings)
+        except errors.DiscoveryError as exc:
+            self._metrics.show_discovery(None)
+            self._failed(str(exc))
+            return
+        self._metrics.show_discovery(found.skipped)
+        nothing = found.nothing_served()
+        if nothing is not None:
+            self._failed(str(nothing))
+            return
+        self._use(found.projects)
+
+    def _failed(self, problem: str) -> None:
+        self._problem = problem
+        daemon_log.error(
+            "%s; still syncing the %d project(s) known before, asking again in %gs",
+            problem,
+            len(self.projects),
+            self._retry_in(),
+        )
+        job = self._scheduler.get_job(DISCOVERY_JOB) if self._scheduler is not None else None
+        if job is not None and not self.projects:
+            job.modify(next_run_time=datetime.now(UTC) + timedelta(seconds=self._retry_in()))
+
+    def _use(self, projects: Sequence[settings_module.Project]) -> None:
+        """Sync `projects` from now on: jobs for the new ones, none for those gone."""
+        before = {p.project_id: p for p in self.projects}
+        after = {p.project_id: p for p in projects}
+        scheduler = self._scheduler
+        for pid, project in before.items():
+            if after.get(pid) == project:
+                continue
+            if scheduler is not None and scheduler.get_job(pid) is not None:
+                scheduler.remove_job(pid)
+            if pid not in after:
+                self._forget(pid)
+                with logs.context(project_id=pid):
+                    daemon_log.info(
+                        "no longer listed by IAM: not synced any more, its data is kept"
+                    )
+        self.projects = list(projects)
+        self._metrics.show_projects(self.projects, "discovered")
+        now = datetime.now(UTC)
+        for pid, project in after.items():
+            if before.get(pid) != project:
+                with logs.context(project_id=pid):
+                    daemon_log.info("discovered in %s: synced from now on", project.region)
+                if scheduler is not None:
+                    self._add_job(scheduler, project, now)

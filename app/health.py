@@ -57,6 +57,8 @@ class Readiness:
     stale: list[StaleProject] = field(default_factory=list)
     projects: int = 0
     stale_after_seconds: float = 0.0
+    discovery: str | None = None
+    """Why there is no project to sync (SNAPSYNC_PROJECTS=auto found none yet); None: some."""
 
     @property
     def sync_interval_seconds(self) -> float:
@@ -71,7 +73,7 @@ class Readiness:
             "projects": self.projects,
             "stale_after_seconds": self.stale_after_seconds,
             "stale": [s.as_json() for s in self.stale],
-        }
+        } | ({} if self.discovery is None else {"discovery": self.discovery})
 
 
 def assess(
@@ -83,8 +85,10 @@ def assess(
     database_error: str | None,
     stale_after: float,
     stopping: bool = False,
+    discovery: str | None = None,
 ) -> Readiness:
-    """Ready when the database answers and every project succeeded within `stale_after` s."""
+    """Ready when the database answers, there are projects (`discovery` says why not), and
+    every project succeeded within `stale_after` s."""
     stale: list[StaleProject] = []
     for pid in project_ids:
         when = last_success.get(pid)
@@ -92,13 +96,14 @@ def assess(
         if age is None or age > stale_after:
             stale.append(StaleProject(project_id=pid, last_success_at=when, age_seconds=age))
     return Readiness(
-        ready=database_ok and not stale and not stopping,
+        ready=database_ok and not stale and not stopping and discovery is None,
         database_ok=database_ok,
         database_error=database_error,
         stopping=stopping,
         stale=stale,
         projects=len(project_ids),
         stale_after_seconds=stale_after,
+        discovery=discovery,
     )
 
 

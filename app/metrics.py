@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app import discovery, sync
+from app import discovery, runs
 from app import settings as settings_module
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -256,7 +256,7 @@ class Metrics:
         """WorkspaceClient's on_retry hook."""
         self.api_retries.labels(project_id).inc()
 
-    def on_finished(self, result: sync.RunResult) -> None:
+    def on_finished(self, result: runs.RunResult) -> None:
         """Syncer's on_finished hook: count the run and what it saw."""
         pid = result.project_id
         self.sync_runs.labels(pid, result.status).inc()
@@ -272,7 +272,7 @@ class Metrics:
         if result.status == "succeeded" and result.run_id is not None:
             self.data.succeeded(pid, time.time())
 
-    async def count_transitions(self, conn: AsyncConnection, result: sync.RunResult) -> None:
+    async def count_transitions(self, conn: AsyncConnection, result: runs.RunResult) -> None:
         """Add the status changes a finished run wrote, read back from the history."""
         if result.run_id is None or result.counts.transitions == 0:
             return

@@ -64,6 +64,31 @@ class ProjectRow(Base):
     api_total_count: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
     last_hot_poll_at: Mapped[datetime | None] = mapped_column(TZ)
+    discovered_at: Mapped[datetime | None] = mapped_column(TZ)
+
+
+class SkippedProject(Base):
+    """A project the newest discovery skipped (its Workspace answered 403/404)."""
+
+    __tablename__ = "skipped_projects"
+
+    project_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    region: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str] = mapped_column(Text)
+    skipped_at: Mapped[datetime] = mapped_column(TZ)
+
+
+class DiscoveryState(Base):
+    """When discovery last ran and how it ended: one row."""
+
+    __tablename__ = "discovery_state"
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, server_default=text("1"))
+    ran_at: Mapped[datetime] = mapped_column(TZ)
+    succeeded_at: Mapped[datetime | None] = mapped_column(TZ)
+    problem: Mapped[str | None] = mapped_column(Text)
 
 
 class SyncRun(Base):
@@ -337,6 +362,34 @@ TABLE_COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
                 "When a snapsync process last re-read this project's in-flight (creating, "
                 "restoring) snapshots, UTC. NULL: never."
             ),
+            "discovered_at": (
+                "When a discovery (SNAPSYNC_PROJECTS=auto) last listed this project and "
+                "Workspace served it, UTC. NULL: configured by id, never discovered."
+            ),
+        },
+    ),
+    "skipped_projects": (
+        (
+            "The projects the newest successful discovery skipped because their Workspace API "
+            "answered 403 or 404; replaced by each discovery, asked again at the next."
+        ),
+        {
+            "project_id": "Huawei Cloud project id.",
+            "region": "The project's region.",
+            "reason": "workspace_forbidden (Workspace answered 403) or workspace_not_found (404).",
+            "detail": "The API's answer, for people.",
+            "skipped_at": "When the discovery ended, UTC.",
+        },
+    ),
+    "discovery_state": (
+        "When discovery (SNAPSYNC_PROJECTS=auto) last ran, and how it ended.",
+        {
+            "id": "Always 1: the table has one row.",
+            "ran_at": "When a discovery last ended, UTC.",
+            "succeeded_at": (
+                "When a discovery last got IAM's list of the projects, UTC. NULL: never."
+            ),
+            "problem": "Why the last discovery got no list from IAM. NULL: it got one.",
         },
     ),
     "sync_runs": (

@@ -34,7 +34,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from app import sync
+from app import runs
 
 REFRESH_SECONDS = 0.25
 SHORT_ID_MIN = 6
@@ -75,7 +75,7 @@ class Tracker:
     def __post_init__(self) -> None:
         self.lines = {pid: ProjectLine(pid) for pid in self.project_ids}
 
-    def on_progress(self, progress: sync.Progress) -> None:
+    def on_progress(self, progress: runs.Progress) -> None:
         line = self.lines.get(progress.project_id)
         if line is None:
             return
@@ -106,7 +106,7 @@ class Tracker:
         line.waiting = reason
         line.wait_until = None if seconds is None else self.clock() + seconds
 
-    def on_finished(self, result: sync.RunResult) -> None:
+    def on_finished(self, result: runs.RunResult) -> None:
         line = self.lines.get(result.project_id)
         if line is None or result.status == "skipped":
             return
@@ -232,7 +232,7 @@ SYNC_COLUMNS = (
     RETRIES,
     WAITS,
 )
-DEMO_COLUMNS = (STATE, PAGES, BAR, SNAPSHOTS, CHANGES, RUNS, LAST)
+DEMO_COLUMNS = (STATE, PAGES, BAR, SNAPSHOTS, CHANGES, RUNS, LAST, RETRIES, WAITS)
 
 Footer = Callable[[Tracker], tuple[float, float, str]]
 

@@ -6,7 +6,6 @@ the daemon stops. Every replica may run it: batches take their rows with SKIP LO
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
@@ -47,23 +46,14 @@ class Pruner:
         engine = self._watch.engine
         if tasks.stopping or not self._watch.ok or engine is None:
             return
-        task = asyncio.current_task()
-        assert task is not None
-        tasks.active.add(task)
-        try:
-            with store.database_errors():
-                await retention.prune(
-                    engine,
-                    self._policy(),
-                    refresh=store.refresh_coverage,
-                    stopping=lambda: tasks.stopping,
-                )
-        except asyncio.CancelledError:
-            if not tasks.stopping:
-                raise
-        except errors.DatabaseError as exc:
-            log.warning("retention failed, will try again: %s", exc)
-        except Exception:
-            log.exception("unexpected error in retention")
-        finally:
-            tasks.active.discard(task)
+        with tasks.tracked("retention"):
+            try:
+                with store.database_errors():
+                    await retention.prune(
+                        engine,
+                        self._policy(),
+                        refresh=store.refresh_coverage,
+                        stopping=lambda: tasks.stopping,
+                    )
+            except errors.DatabaseError as exc:
+                log.warning("retention failed, will try again: %s", exc)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import auth, client, db, sync
+from app import auth, client, db, runs, sync
 from app import settings as settings_module
 
 
@@ -35,8 +35,8 @@ async def open_runtime(
     on_request: client.RequestHook | None = None,
     on_retry: client.RequestHook | None = None,
     on_wait: client.WaitHook | None = None,
-    on_progress: sync.ProgressHook | None = None,
-    on_finished: Callable[[sync.RunResult], None] | None = None,
+    on_progress: runs.ProgressHook | None = None,
+    on_finished: Callable[[runs.RunResult], None] | None = None,
 ) -> AsyncIterator[Runtime | None]:
     """The runtime of `settings`, closed on exit.
 

@@ -269,6 +269,78 @@ async def collect(engine: AsyncEngine, project_ids: list[str] | None = None) -> 
     return list(result.values())
 
 
+DISCOVERY_QUERY = text(
+    """
+SELECT d.ran_at, d.succeeded_at, d.problem,
+       (SELECT count(*) FROM projects WHERE discovered_at IS NOT NULL) AS discovered,
+       (SELECT count(*) FROM projects WHERE discovered_at < d.succeeded_at) AS unlisted
+FROM discovery_state AS d
+"""
+)
+SKIPPED_QUERY = text("SELECT reason, project_id FROM skipped_projects ORDER BY reason, project_id")
+# Per skip reason, `status` names this many projects and counts the rest.
+SKIPPED_NAMED = 3
+
+
+@dataclass(frozen=True)
+class DiscoveryRecord:
+    """What the newest discovery stored (SNAPSYNC_PROJECTS=auto)."""
+
+    ran_at: datetime
+    succeeded_at: datetime | None
+    problem: str | None  # why the newest one got no list from IAM
+    discovered: int  # projects in the database a discovery listed
+    unlisted: int  # of those, the ones the newest successful discovery no longer listed
+    skipped: dict[str, list[str]]  # reason: project ids
+
+
+def discovery_lines(found: DiscoveryRecord | None, now: datetime) -> list[str]:
+    """For `snapsync status`: when discovery ran, how it ended, what it skipped (per reason a
+    few project ids, then a count)."""
+    if found is None:
+        return ["discovery: none stored in this database yet (`sync` and `run` store theirs)"]
+    ran = f"discovery: last ran {_when(found.ran_at, now)}"
+    if found.problem is not None:
+        got = "never" if found.succeeded_at is None else _when(found.succeeded_at, now)
+        problem = _CONTROL.sub("?", found.problem)
+        return [f"{ran} and failed: {problem}; IAM last listed the projects: {got}"]
+    line = f"{ran}: {found.discovered} project(s) discovered in the database"
+    if found.unlisted:
+        line += f", {found.unlisted} no longer listed (not synced, data kept)"
+    skipped = sum(len(ids) for ids in found.skipped.values())
+    if not skipped:
+        return [line + ", none skipped"]
+    parts = []
+    for reason, ids in sorted(found.skipped.items()):
+        more = f", +{len(ids) - SKIPPED_NAMED} more" if len(ids) > SKIPPED_NAMED else ""
+        parts.append(f"{len(ids)} {reason} ({', '.join(ids[:SKIPPED_NAMED])}{more})")
+    return [
+        line,
+        f"discovery: skipped {skipped} (Workspace answered 403 or 404; asked again at the next "
+        "discovery; table skipped_projects lists them): " + "; ".join(parts),
+    ]
+
+
+async def collect_discovery(engine: AsyncEngine) -> DiscoveryRecord | None:
+    """The newest stored discovery, or None when none ran on this database."""
+    async with engine.connect() as conn:
+        row = (await conn.execute(DISCOVERY_QUERY)).one_or_none()
+        skipped_rows = (await conn.execute(SKIPPED_QUERY)).all()
+    if row is None:
+        return None
+    skipped: dict[str, list[str]] = {}
+    for reason, project_id in skipped_rows:
+        skipped.setdefault(reason, []).append(project_id)
+    return DiscoveryRecord(
+        ran_at=row.ran_at,
+        succeeded_at=row.succeeded_at,
+        problem=row.problem,
+        discovered=int(row.discovered),
+        unlisted=int(row.unlisted),
+        skipped=skipped,
+    )
+
+
 def format_age(seconds: float | None) -> str:
     """A short human age: 42s, 7m, 3h, 2d."""
     if seconds is None:
@@ -533,8 +605,7 @@ def source_line(settings: settings_module.Settings, stored: Sequence[str]) -> st
         return (
             f"projects: SNAPSYNC_PROJECTS=auto, discovered through IAM ({kept}) by each `sync` "
             f"and by `run` every {settings.discovery_interval:g}s; {len(stored)} in the "
-            "database; what the newest discovery skipped and when it ran: `run`'s /metrics "
-            "(snapsync_project_skipped_info, snapsync_discovery_last_run_timestamp_seconds)"
+            "database"
         )
     if not settings.projects.strip():
         return f"projects: SNAPSYNC_PROJECTS is not set here; {len(stored)} in the database"

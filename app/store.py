@@ -490,6 +490,53 @@ async def ensure_project(conn: AsyncConnection, project_id: str, region: str) ->
     )
 
 
+async def record_discovery(
+    conn: AsyncConnection,
+    *,
+    finished_at: datetime,
+    problem: str | None,
+    served: Sequence[dict[str, Any]] = (),
+    skipped: Sequence[dict[str, Any]] = (),
+) -> None:
+    """A discovery ended: with IAM's list (`problem` None) the `served` projects (id, region,
+    at) are marked discovered, a row for each new one, and `skipped` (id, region, reason,
+    detail, at) replace the previous ones; without it, only its time and `problem` are kept."""
+    if problem is None:
+        if served:
+            await conn.execute(
+                text(
+                    "INSERT INTO projects (project_id, region, discovered_at) "
+                    "VALUES (:id, :region, :at) ON CONFLICT (project_id) DO UPDATE SET "
+                    "discovered_at = EXCLUDED.discovered_at, region = EXCLUDED.region, "
+                    "updated_at = now()"
+                ),
+                list(served),
+            )
+        await conn.execute(text("DELETE FROM skipped_projects"))
+        if skipped:
+            await conn.execute(
+                text(
+                    "INSERT INTO skipped_projects (project_id, region, reason, detail, "
+                    "skipped_at) VALUES (:id, :region, :reason, :detail, :at) "
+                    # Another replica's discovery may have written the same ones meanwhile.
+                    "ON CONFLICT (project_id) DO UPDATE SET region = EXCLUDED.region, "
+                    "reason = EXCLUDED.reason, detail = EXCLUDED.detail, "
+                    "skipped_at = EXCLUDED.skipped_at"
+                ),
+                list(skipped),
+            )
+    await conn.execute(
+        text(
+            "INSERT INTO discovery_state (id, ran_at, succeeded_at, problem) "
+            "VALUES (1, :at, CASE WHEN CAST(:problem AS text) IS NULL THEN "
+            "CAST(:at AS timestamptz) END, :problem) "
+            "ON CONFLICT (id) DO UPDATE SET ran_at = EXCLUDED.ran_at, problem = EXCLUDED.problem, "
+            "succeeded_at = coalesce(EXCLUDED.succeeded_at, discovery_state.succeeded_at)"
+        ),
+        {"at": finished_at, "problem": problem},
+    )
+
+
 async def record_complete_listing(
     conn: AsyncConnection,
     *,

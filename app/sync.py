@@ -18,14 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import client as client_module
 from app import deletion, errors, hotlane, logs, runs, store
 from app import settings as settings_module
-from app.runs import Progress, ProgressHook, RunCounts, RunResult, process_owner
+from app.runs import Progress, ProgressHook, RunResult, process_owner
 
 log = logging.getLogger("app.sync")
 
 # A listing that asks for more pages than this many times its first total is running away.
 RUNAWAY_FACTOR = 4
-
-__all__ = ["Progress", "ProgressHook", "RunCounts", "RunResult", "Syncer", "process_owner"]
 
 
 class Syncer:

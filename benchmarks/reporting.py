@@ -52,7 +52,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from app import db, items  # noqa: E402
-from app.simulator.population import API_FIELDS, RESTORE_FAIL_REASONS  # noqa: E402
+from app.simulator.generation import RESTORE_FAIL_REASONS  # noqa: E402
+from app.simulator.model import API_FIELDS  # noqa: E402
 
 DOC = REPO / "docs" / "reporting.md"
 DASHBOARD = REPO / "docs" / "grafana" / "snapsync.json"

@@ -18,8 +18,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from app.simulator import model, query, server, state
 from app.simulator import population as pop
-from app.simulator import query, server
 
 
 class IndexedSelector(query.Selector):
@@ -28,31 +28,33 @@ class IndexedSelector(query.Selector):
     def __init__(self, population: pop.Population) -> None:
         super().__init__(population)
         self._population = population
-        self._indexes: dict[tuple[str, str], tuple[int, dict[str, list[pop.Snapshot]]]] = {}
+        self._indexes: dict[tuple[str, str], tuple[int, dict[str, list[model.Snapshot]]]] = {}
 
-    def _matching(self, project_id: str, wanted: query.SnapshotQuery) -> Sequence[pop.Snapshot]:
+    def _matching(self, project_id: str, wanted: query.SnapshotQuery) -> Sequence[model.Snapshot]:
         others = wanted.filter_key()[1:]
         if wanted.desktop_id is None or any(value is not None for value in others):
             return super()._matching(project_id, wanted)
         return self._index(project_id, wanted.sort_field).get(wanted.desktop_id, [])
 
-    def _index(self, project_id: str, sort_field: pop.SortField) -> dict[str, list[pop.Snapshot]]:
+    def _index(
+        self, project_id: str, sort_field: model.SortField
+    ) -> dict[str, list[model.Snapshot]]:
         version = self._population.version(project_id)
         cached = self._indexes.get((project_id, sort_field))
         if cached is not None and cached[0] == version:
             return cached[1]
         # Built from the sorted list, so each desktop's snapshots keep the listing order.
-        index: dict[str, list[pop.Snapshot]] = {}
+        index: dict[str, list[model.Snapshot]] = {}
         for snap in self._population.ordered(project_id, sort_field):
             index.setdefault(snap.desktop_id, []).append(snap)
         self._indexes[(project_id, sort_field)] = (version, index)
         return index
 
 
-async def serve(options: server.SimulatorOptions) -> None:
+async def serve(options: state.SimulatorOptions) -> None:
     """Build, pre-render, listen, print READY, and serve until a signal."""
     began = time.monotonic()
-    population = server.build_population(options)
+    population = state.build_population(options)
     for project_id in population.project_ids:
         for snap in population.snapshots(project_id):
             snap.to_json()
@@ -82,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
     args = parser.parse_args(argv)
-    options = server.SimulatorOptions(
+    options = state.SimulatorOptions(
         host=args.host,
         port=args.port,
         projects=args.projects,

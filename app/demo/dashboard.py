@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from rich.console import Console
 
-from app import logs, progress, sync
+from app import logs, progress, runs
 from app import settings as settings_module
 
 PLAIN_LINE_SECONDS = 5.0
@@ -18,30 +18,20 @@ PLAIN_WIDTH = 120
 
 @dataclass
 class Dashboard:
-    """Collects the daemon's progress and finished callbacks; shows them as a view or lines."""
+    """The daemon's finished runs and its `tracker` (fed by the daemon's hooks), shown as a
+    view or as lines."""
 
     project_ids: Sequence[str]
     duration: float
     interval: float
     metrics_url: str | None = None
-    finished_results: list[sync.RunResult] = field(default_factory=list)
+    finished_results: list[runs.RunResult] = field(default_factory=list)
     tracker: progress.Tracker = field(init=False)
 
     def __post_init__(self) -> None:
         self.tracker = progress.Tracker(self.project_ids)
 
-    @property
-    def started(self) -> float | None:
-        return self.tracker.started
-
-    @started.setter
-    def started(self, value: float | None) -> None:
-        self.tracker.started = value
-
-    def on_progress(self, update: sync.Progress) -> None:
-        self.tracker.on_progress(update)
-
-    def on_finished(self, result: sync.RunResult) -> None:
+    def on_finished(self, result: runs.RunResult) -> None:
         if result.project_id in self.tracker.lines and result.status != "skipped":
             self.finished_results.append(result)
         self.tracker.on_finished(result)

@@ -15,6 +15,7 @@ from sqlalchemy.engine import URL, make_url
 
 from app import embedded, errors
 from app import settings as settings_module
+from app.embedded import programs
 
 
 def self_command() -> str:
@@ -74,7 +75,7 @@ def open_psql(settings: settings_module.Settings, psql_args: Sequence[str]) -> i
         url, password = libpq_url(configured)
         if password:
             env["PGPASSWORD"] = password
-        psql = shutil.which("psql") or str(embedded.program("psql"))
+        psql = shutil.which("psql") or str(programs.program("psql"))
         return _run_foreground([psql, url, *psql_args], env)
     if not (settings.data_dir / embedded.PGDATA_DIRNAME / "PG_VERSION").exists():
         raise errors.ConfigError(

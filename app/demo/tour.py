@@ -22,6 +22,7 @@ from app.demo.dashboard import Dashboard, show_progress
 from app.simulator import auth as simulator_auth
 from app.simulator import population as population_module
 from app.simulator import server as simulator
+from app.simulator import state
 
 # Used unless the user set SNAPSYNC_SYNC_INTERVAL / SNAPSYNC_PAGE_SIZE: several syncs a minute,
 # and enough pages per sync for the progress bars to move.
@@ -81,11 +82,11 @@ async def run_demo(base: settings_module.Settings, options: DemoOptions, console
         projects=options.projects,
         snapshots=options.snapshots,
         change_rate=DEMO_CHANGE_RATE,
-        start_time=simulator.SimulatorOptions().start(),
+        start_time=state.SimulatorOptions().start(),
         ticks=0,
     )
     resumed = saved.resume_state(wanted, saved.SavedSimulation.load(state_path))
-    sim_options = simulator.SimulatorOptions(
+    sim_options = state.SimulatorOptions(
         host="127.0.0.1",
         port=0,
         projects=options.projects,
@@ -124,8 +125,11 @@ async def run_demo(base: settings_module.Settings, options: DemoOptions, console
             settings,
             projects=settings.project_list(),
             shutdown_grace=SHUTDOWN_GRACE,
-            on_progress=dashboard.on_progress,
+            on_progress=dashboard.tracker.on_progress,
             on_finished=dashboard.on_finished,
+            on_request=dashboard.tracker.on_request,
+            on_retry=dashboard.tracker.on_retry,
+            on_wait=dashboard.tracker.on_wait,
             serve_http=True,
             handle_signals=True,
         )
@@ -157,10 +161,8 @@ async def run_demo(base: settings_module.Settings, options: DemoOptions, console
         )
 
 
-def _build_population(
-    options: simulator.SimulatorOptions, ticks: int
-) -> population_module.Population:
-    population = simulator.build_population(options)
+def _build_population(options: state.SimulatorOptions, ticks: int) -> population_module.Population:
+    population = state.build_population(options)
     # Replays the previous demos' evolution (deterministic for a seed), so the API shows
     # what the database last saw plus what changed since, not the population of tick 0.
     population.tick(ticks)
@@ -180,7 +182,7 @@ async def _run_for(
     async def stop_later() -> None:
         nonlocal expired
         await daemon.started.wait()
-        dashboard.started = time.monotonic()
+        dashboard.tracker.started = time.monotonic()
         if daemon.http_port is not None:
             dashboard.metrics_url = f"http://127.0.0.1:{daemon.http_port}/metrics"
             if not console.is_terminal:

@@ -34,17 +34,7 @@ from urllib.parse import quote
 
 from app.embedded import cluster, programs, server
 from app.embedded.programs import EmbeddedPostgresError, program
-from app.embedded.server import PORT, Postmaster, socket_dir_usable
-
-__all__ = [
-    "PGDATA_DIRNAME",
-    "EmbeddedPostgres",
-    "EmbeddedPostgresError",
-    "Postmaster",
-    "program",
-    "socket_dir_usable",
-    "sqlalchemy_url",
-]
+from app.embedded.server import PORT, Postmaster
 
 logger = logging.getLogger(__name__)
 

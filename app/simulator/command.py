@@ -7,7 +7,7 @@ import logging
 
 import click
 
-from app.simulator import auth, faults, server
+from app.simulator import auth, faults, server, state
 from app.simulator import population as pop
 
 _FRACTION = click.FloatRange(0.0, 1.0)
@@ -147,7 +147,7 @@ def simulate(
 ) -> None:
     """Serve a simulated Workspace snapshots API (and IAM token endpoint) whose snapshots
     change over time. Prints the settings snapsync needs; stops cleanly on SIGINT/SIGTERM."""
-    options = server.SimulatorOptions(
+    options = state.SimulatorOptions(
         host=host,
         port=port,
         projects=projects,

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from app.simulator import faults, gateway, query
+from app.simulator import faults, gateway, model, query
 from app.simulator import population as pop
 from app.simulator.state import STATE, RawPage, SimulatorState
 
@@ -55,9 +55,9 @@ def _control(
             return await handler(request, request.app[STATE])
         except _BadControlRequest as exc:
             return _control_error(exc.status, str(exc))
-        except (pop.UnknownProjectError, pop.UnknownSnapshotError) as exc:
+        except (model.UnknownProjectError, model.UnknownSnapshotError) as exc:
             return _control_error(404, str(exc))
-        except (pop.FieldError, faults.FaultError, ValueError) as exc:
+        except (model.FieldError, faults.FaultError, ValueError) as exc:
             return _control_error(400, str(exc))
 
     wrapped.__name__ = handler.__name__
@@ -80,7 +80,7 @@ async def _json_body(request: web.Request, *, default: Any = None) -> Any:
 def _pid(request: web.Request, state: SimulatorState) -> str:
     project_id = request.match_info["project_id"]
     if not state.population.has_project(project_id):
-        raise pop.UnknownProjectError(f"no project {project_id}")
+        raise model.UnknownProjectError(f"no project {project_id}")
     return project_id
 
 
@@ -104,7 +104,7 @@ async def _sim_projects(request: web.Request, state: SimulatorState) -> web.Stre
                 for pid, region in population.iam_only().items()
             ],
             "ticks": population.ticks,
-            "simulated_time": pop.format_time(population.now.timestamp()),
+            "simulated_time": model.format_time(population.now.timestamp()),
         }
     )
 
@@ -169,7 +169,7 @@ async def _sim_add(request: web.Request, state: SimulatorState) -> web.StreamRes
         raise _BadControlRequest(400, "the body must be an object or a list of objects")
     # Check them all first, so a bad one in a list adds nothing.
     for spec in specs:
-        pop.validate_fields(spec)
+        model.validate_fields(spec)
     added = [state.population.add_snapshot(project_id, spec).to_api() for spec in specs]
     return gateway.json_response(added if isinstance(body, list) else added[0], status=201)
 
@@ -227,7 +227,7 @@ async def _sim_tick(request: web.Request, state: SimulatorState) -> web.StreamRe
         {
             **report.as_dict(),
             "total_ticks": state.population.ticks,
-            "simulated_time": pop.format_time(state.population.now.timestamp()),
+            "simulated_time": model.format_time(state.population.now.timestamp()),
         }
     )
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from app.simulator import auth, gateway
+from app.simulator import auth, gateway, model
 from app.simulator import population as pop
 from app.simulator.state import STATE, SimulatorState
 
@@ -90,7 +90,7 @@ def project_name(population: pop.Population, domain: str, project_id: str) -> st
     for project in account_projects(population, domain):
         if project.id == project_id:
             return project.name
-    raise pop.UnknownProjectError(f"no project {project_id}")
+    raise model.UnknownProjectError(f"no project {project_id}")
 
 
 def auth_projects_body(projects: Iterable[IamProject], base_url: str) -> dict[str, Any]:

@@ -1,8 +1,7 @@
 """The simulated snapshots of every project, and how they change from one tick to the next.
 
 `Population` holds them, reads them and takes scripted changes; its base `evolution.Evolution`
-moves them on per tick, `generation` makes them up and `model` is their data (its names are
-also reachable from here).
+moves them on per tick, `generation` makes them up and `model` is their data.
 
 Pure and deterministic: the same seed, sizes and sequence of calls give the same snapshots,
 byte for byte. Nothing here reads the wall clock; simulated time starts at `start` and moves by
@@ -17,56 +16,24 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from app.simulator.evolution import Evolution, TickReport
+from app.simulator.evolution import Evolution
 from app.simulator.generation import (
-    MAX_BATCH,
-    RESTORE_FAIL_REASONS,
     build_project,
     make_desktop,
     new_snapshot,
 )
 from app.simulator.model import (
-    API_FIELDS,
-    CREATE_TYPES,
-    IN_FLIGHT,
     ORDER_FIELDS,
-    STATUSES,
     Desktop,
     FieldError,
-    PopulationError,
     ProjectSnapshots,
     Snapshot,
     SortField,
     UnknownProjectError,
     UnknownSnapshotError,
-    format_time,
     project_id_for,
     validate_fields,
 )
-
-__all__ = [
-    "API_FIELDS",
-    "CREATE_TYPES",
-    "DEFAULT_REGIONS",
-    "DEFAULT_START",
-    "IN_FLIGHT",
-    "MAX_BATCH",
-    "REGION_NAME",
-    "RESTORE_FAIL_REASONS",
-    "STATUSES",
-    "Desktop",
-    "FieldError",
-    "Population",
-    "PopulationError",
-    "Snapshot",
-    "SortField",
-    "TickReport",
-    "UnknownProjectError",
-    "UnknownSnapshotError",
-    "format_time",
-    "project_id_for",
-    "validate_fields",
-]
 
 DEFAULT_START = datetime(2024, 4, 20, 8, 0, 0, tzinfo=UTC)
 # Real Workspace regions the projects are spread over, round-robin: with the default three

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from app.simulator import model
 from app.simulator import population as pop
 
 MAX_LIMIT = 1000
@@ -62,7 +63,7 @@ class SnapshotQuery:
     snapshot_names: frozenset[str] | None = None
     desktop_ids: frozenset[str] | None = None
     desktop_names: frozenset[str] | None = None
-    sort_field: pop.SortField = "create_time"
+    sort_field: model.SortField = "create_time"
     descending: bool = False
     offset: int = 0
     limit: int = MAX_LIMIT
@@ -86,7 +87,7 @@ class SnapshotQuery:
             self.desktop_names,
         )
 
-    def matches(self, snap: pop.Snapshot) -> bool:
+    def matches(self, snap: model.Snapshot) -> bool:
         """Whether a snapshot passes every filter."""
         return (
             (self.desktop_id is None or snap.desktop_id == self.desktop_id)
@@ -134,8 +135,8 @@ def parse_query(pairs: Iterable[tuple[str, str]]) -> SnapshotQuery:
         desktop_name=single.get("desktop_name"),
         snapshot_name=single.get("snapshot_name"),
         is_system_disk=None if disk_type in (None, "ALL") else disk_type == "SYSTEM_DISK",
-        create_type=_choice(single, "create_type", pop.CREATE_TYPES),
-        status=_choice(single, "status", pop.STATUSES),
+        create_type=_choice(single, "create_type", model.CREATE_TYPES),
+        status=_choice(single, "status", model.STATUSES),
         snapshot_names=frozenset(lists["snapshot_names"]) if "snapshot_names" in lists else None,
         desktop_ids=frozenset(lists["desktop_ids"]) if "desktop_ids" in lists else None,
         desktop_names=frozenset(lists["desktop_names"]) if "desktop_names" in lists else None,
@@ -175,7 +176,7 @@ class PageSlice:
     """One answer: how many snapshots match, and the ones on this page."""
 
     total_count: int
-    items: list[pop.Snapshot]
+    items: list[model.Snapshot]
 
     def to_json(self) -> str:
         """The response body, built from the items' cached JSON."""
@@ -193,7 +194,9 @@ class Selector:
     def __init__(self, population: pop.Population, *, cache_size: int = 64) -> None:
         self._population = population
         self._cache_size = cache_size
-        self._cache: OrderedDict[tuple[object, ...], tuple[int, list[pop.Snapshot]]] = OrderedDict()
+        self._cache: OrderedDict[tuple[object, ...], tuple[int, list[model.Snapshot]]] = (
+            OrderedDict()
+        )
 
     def select(
         self, project_id: str, query: SnapshotQuery, *, shuffle_ties: random.Random | None = None
@@ -202,7 +205,7 @@ class Selector:
         in a random order on each call, as the real API allows (it promises no order in a tie).
         """
         matching = self._matching(project_id, query)
-        key: Callable[[pop.Snapshot], str] = (
+        key: Callable[[model.Snapshot], str] = (
             _name_of if query.sort_field == "snapshot_name" else _time_of
         )
         items = page_window(
@@ -215,7 +218,7 @@ class Selector:
         )
         return PageSlice(total_count=len(matching), items=items)
 
-    def _matching(self, project_id: str, query: SnapshotQuery) -> Sequence[pop.Snapshot]:
+    def _matching(self, project_id: str, query: SnapshotQuery) -> Sequence[model.Snapshot]:
         ordered = self._population.ordered(project_id, query.sort_field)
         if not query.filtered:
             return ordered
@@ -233,23 +236,23 @@ class Selector:
         return matching
 
 
-def _time_of(snap: pop.Snapshot) -> str:
+def _time_of(snap: model.Snapshot) -> str:
     return snap.create_time
 
 
-def _name_of(snap: pop.Snapshot) -> str:
+def _name_of(snap: model.Snapshot) -> str:
     return snap.snapshot_name
 
 
 def page_window(
-    ordered: Sequence[pop.Snapshot],
+    ordered: Sequence[model.Snapshot],
     offset: int,
     limit: int,
     *,
     descending: bool,
-    tie_key: Callable[[pop.Snapshot], str],
+    tie_key: Callable[[model.Snapshot], str],
     rng: random.Random | None,
-) -> list[pop.Snapshot]:
+) -> list[model.Snapshot]:
     """Items [offset, offset+limit) of `ordered` (read backwards when descending).
 
     Descending is the exact reverse of ascending, ties included. With `rng`, each run of equal
@@ -260,7 +263,7 @@ def page_window(
     if start >= stop:
         return []
 
-    def at(index: int) -> pop.Snapshot:
+    def at(index: int) -> model.Snapshot:
         return ordered[size - 1 - index] if descending else ordered[index]
 
     if rng is None:

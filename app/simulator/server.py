@@ -32,26 +32,10 @@ from app.simulator.gateway import (
 )
 from app.simulator.state import (
     STATE,
-    RawPage,
     SimulatorOptions,
     SimulatorState,
-    Stats,
     build_population,
 )
-
-__all__ = [
-    "STATE",
-    "RawPage",
-    "RunningSimulator",
-    "SimulatorOptions",
-    "SimulatorState",
-    "Stats",
-    "banner",
-    "build_population",
-    "create_app",
-    "running",
-    "serve",
-]
 
 log = logging.getLogger(__name__)
 

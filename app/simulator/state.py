@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from app.simulator import auth, faults, query
+from app.simulator import auth, faults, model, query
 from app.simulator import population as pop
 
 
@@ -189,7 +189,7 @@ class SimulatorState:
             "unstable_ties": self.unstable_ties,
             "change_rate": self.population.change_rate,
             "ticks": self.population.ticks,
-            "simulated_time": pop.format_time(self.population.now.timestamp()),
+            "simulated_time": model.format_time(self.population.now.timestamp()),
             "snapshots_total": self.population.total,
             "raw_pages_pending": {pid: len(q) for pid, q in self.raw_pages.items() if q},
         }

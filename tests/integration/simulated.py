@@ -12,7 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from app.simulator import population as pop
-from app.simulator import server
+from app.simulator import server, state
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
@@ -24,7 +24,7 @@ class RunningSimulator:
 
     url: str
     population: pop.Population
-    options: server.SimulatorOptions
+    options: state.SimulatorOptions
 
     @property
     def project_ids(self) -> list[str]:
@@ -61,8 +61,8 @@ async def serve(
 ) -> AsyncIterator[RunningSimulator]:
     """Serve a simulator (no automatic ticking unless asked) on a free loopback port."""
     options.setdefault("tick_seconds", 0)
-    opts = server.SimulatorOptions(port=0, **options)
-    population = server.build_population(opts)
+    opts = state.SimulatorOptions(port=0, **options)
+    population = state.build_population(opts)
     app = server.create_app(opts, population=population)
     for middleware in middlewares or []:
         app.middlewares.append(web.middleware(middleware))

@@ -17,7 +17,7 @@ import asyncpg
 from sqlalchemy.engine import make_url
 
 from app import items
-from app.simulator.population import API_FIELDS
+from app.simulator.model import API_FIELDS
 
 from ..conftest import REPO, _asyncpg_dsn, cli_env
 from . import test_coverage as coverage

@@ -25,7 +25,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from app import daemon, db, errors, health
+from app import daemon, db, dbwatch, errors, health
 from app import settings as settings_module
 
 from ..conftest import _asyncpg_dsn, cli_env
@@ -46,9 +46,9 @@ def test_a_project_is_due_an_interval_after_its_newest_run_started() -> None:
     # ...but a project synced half an interval ago by another replica is not due.
     assert not daemon.is_due(now - timedelta(seconds=150), now, 300)
     assert daemon.slack_for(300) > daemon.jitter_for(300)
-    assert daemon.retry_delay(1) == daemon.FIRST_RETRY_SECONDS
-    assert daemon.retry_delay(3) == 4 * daemon.FIRST_RETRY_SECONDS
-    assert daemon.retry_delay(50) == daemon.MAX_RETRY_SECONDS
+    assert dbwatch.retry_delay(1) == dbwatch.FIRST_RETRY_SECONDS
+    assert dbwatch.retry_delay(3) == 4 * dbwatch.FIRST_RETRY_SECONDS
+    assert dbwatch.retry_delay(50) == dbwatch.MAX_RETRY_SECONDS
 
 
 def test_readiness_names_the_stale_projects() -> None:
@@ -100,7 +100,7 @@ async def test_a_waiting_task_ends_when_cancelled_as_its_event_is_set() -> None:
 
     async def monitor() -> None:
         while True:
-            await daemon._wait_event(event, 5)
+            await dbwatch.wait_event(event, 5)
             event.clear()
 
     task = asyncio.create_task(monitor())
@@ -597,3 +597,59 @@ async def test_the_daemon_rides_out_a_database_outage(launch: Launch) -> None:
         with contextlib.suppress(Exception):
             await asyncio.to_thread(server.stop)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_the_daemon_forwards_the_clients_hooks_and_survives_their_errors(
+    database_url: str,
+) -> None:
+    # A quarter of the snapshot requests answer 429 with Retry-After: the hooks see the 429s,
+    # the retries and the waits, as the demo's live view counts them.
+    async with serve(projects=1, snapshots=40, fault_429=0.25, seed=7) as sim:
+        (pid,) = sim.project_ids
+        settings = settings_module.load_settings(
+            _env_file=None,
+            workspace_endpoint=sim.url,
+            iam_endpoint=sim.url,
+            projects=pid,
+            auth="token",
+            auth_token=sim.options.auth_token,
+            database_url=database_url,
+            max_requests_per_second=0,
+            page_size=10,
+            max_retries=8,
+        )
+        requests: list[tuple[str, int]] = []
+        retries: list[tuple[str, int]] = []
+        waits: list[tuple[str, str]] = []
+        results: list[Any] = []
+        finished = asyncio.Event()
+
+        def on_wait(project_id: str, reason: str, seconds: float | None) -> None:
+            waits.append((project_id, reason))
+            raise RuntimeError("a broken view")  # logged, never the daemon's
+
+        def on_finished(result: Any) -> None:
+            results.append(result)
+            finished.set()
+
+        running = daemon.Daemon(
+            settings,
+            on_request=lambda project_id, status: requests.append((project_id, status)),
+            on_retry=lambda project_id, attempt: retries.append((project_id, attempt)),
+            on_wait=on_wait,
+            on_finished=on_finished,
+            serve_http=False,
+            handle_signals=False,
+        )
+        task = asyncio.create_task(running.run())
+        try:
+            async with asyncio.timeout(60):
+                await finished.wait()
+        finally:
+            running.stop()
+            await asyncio.wait_for(task, 60)
+    assert [r.status for r in results] == ["succeeded"]
+    assert (pid, 429) in requests and (pid, 200) in requests
+    assert retries and all(project_id == pid for project_id, _ in retries)
+    assert (pid, "Retry-After") in waits
+    assert len([s for _, s in requests if s == 429]) == len(retries)

@@ -284,3 +284,89 @@ async def test_the_daemon_follows_the_account_within_a_discovery_interval(
         assert await running.signal_and_wait() == 0
         stats = await sim.control("GET", "/_sim/stats")
         assert json.dumps(stats)  # the simulator still answers
+
+
+async def test_status_shows_what_the_newest_discovery_found_skipped_and_when(
+    database_url: str, sql: asyncpg.Connection, workdir: Path
+) -> None:
+    async with serve(projects=3, snapshots=4, forbidden_projects=1) as sim:
+        forbidden, kept, leaving = sim.project_ids
+        unused = (
+            await sim.control(
+                "POST", "/_sim/projects", {"region": "cn-north-4", "workspace": False}
+            )
+        )["project_id"]
+        env = env_for(sim, database_url, SNAPSYNC_PROJECTS="auto")
+        before = await run_cli("status", env=env, cwd=workdir)
+        assert before.code == 0, before.output
+        assert "discovery: none stored in this database yet" in before.stdout
+
+        assert (await run_cli("sync", env=env, cwd=workdir)).code == 0
+        rows = await sql.fetch("SELECT project_id, reason, detail FROM skipped_projects")
+        assert {r["project_id"]: r["reason"] for r in rows} == {
+            forbidden: "workspace_forbidden",
+            unused: "workspace_not_found",
+        }
+        assert all("HTTP 40" in r["detail"] for r in rows)
+        discovered = await sql.fetch(
+            "SELECT project_id FROM projects WHERE discovered_at IS NOT NULL"
+        )
+        assert {r["project_id"] for r in discovered} == {kept, leaving}
+        shown = await run_cli("status", env=env, cwd=workdir)
+        assert shown.code == 0, shown.output
+        (ran,) = [line for line in shown.stdout.splitlines() if "discovery: last ran" in line]
+        assert " ago): 2 project(s) discovered in the database" in ran
+        (skipped,) = [line for line in shown.stdout.splitlines() if "discovery: skipped" in line]
+        assert "skipped 2 (Workspace answered 403 or 404" in skipped
+        assert f"1 workspace_forbidden ({forbidden})" in skipped
+        assert f"1 workspace_not_found ({unused})" in skipped
+
+        # A project that vanished from the account is counted as no longer listed.
+        await sim.control("DELETE", f"/_sim/projects/{leaving}")
+        assert (await run_cli("sync", env=env, cwd=workdir)).code == 0
+        shown = await run_cli("status", env=env, cwd=workdir)
+        assert "1 no longer listed (not synced, data kept)" in shown.stdout
+
+        # IAM refusing: the failure and the newest list's age; what it skipped is kept.
+        await sim.control("POST", "/_sim/faults", {"iam_projects_status": 403})
+        assert (await run_cli("sync", env=env, cwd=workdir)).code == 1
+        shown = await run_cli("status", env=env, cwd=workdir)
+        (ran,) = [line for line in shown.stdout.splitlines() if "discovery: last ran" in line]
+        assert "and failed: IAM did not list the projects" in ran
+        assert "IAM last listed the projects: 20" in ran
+        state = await sql.fetchrow("SELECT ran_at, succeeded_at, problem FROM discovery_state")
+        assert state["ran_at"] > state["succeeded_at"] and "HTTP 403" in state["problem"]
+        assert await sql.fetchval("SELECT count(*) FROM skipped_projects") == 2
+        for secret in (sim.options.access_key, sim.options.secret_key, sim.options.auth_token):
+            if secret:
+                assert secret not in shown.output
+                assert secret not in state["problem"]
+
+
+async def test_readyz_is_not_ready_while_discovery_has_found_no_project(
+    database_url: str, sql: asyncpg.Connection, launch: Launch
+) -> None:
+    async with serve(projects=1, snapshots=3, iam_projects_status=403) as sim:
+        env = env_for(sim, database_url, SNAPSYNC_PROJECTS="auto", SNAPSYNC_DISCOVERY_INTERVAL="2")
+        running = await launch(env)
+
+        async def refused() -> dict[str, Any] | None:
+            status, body = await running.get("/readyz")
+            state = json.loads(body)
+            refusal = "did not list the projects" in state.get("discovery", "")
+            return state if status == 503 and refusal else None
+
+        state = await wait_for(refused, timeout=15, what="/readyz naming the discovery")
+        assert state["ready"] is False and state["projects"] == 0
+        assert state["database"] == "ok" and state["stale"] == []
+        assert state["discovery"].startswith("SNAPSYNC_PROJECTS=auto has no project to sync: ")
+
+        await sim.control("POST", "/_sim/faults", {"iam_projects_status": 0})
+
+        async def ready() -> dict[str, Any] | None:
+            status, body = await running.get("/readyz")
+            return json.loads(body) if status == 200 else None
+
+        state = await wait_for(ready, timeout=20, what="/readyz ready once a project is synced")
+        assert state["projects"] == 1 and "discovery" not in state
+        assert await running.signal_and_wait() == 0

@@ -20,6 +20,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app import embedded
+from app.embedded import programs
+from app.embedded import server as embedded_server
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -146,17 +148,17 @@ async def _scalar(url: str, *statements: str) -> object:
 
 def test_postmaster_file_is_parsed() -> None:
     content = "4242\n/d/pgdata\n1795764738\n5432\n/d/pgdata\n\n  2146357        14\nready   \n"
-    postmaster = embedded.Postmaster.from_text(content)
-    assert postmaster == embedded.Postmaster(
+    postmaster = embedded_server.Postmaster.from_text(content)
+    assert postmaster == embedded_server.Postmaster(
         pid=4242, start_time=1795764738, socket_dir=Path("/d/pgdata"), port=5432, status="ready"
     )
-    assert embedded.Postmaster.from_text("4242\n/d/pgdata\n") is None
+    assert embedded_server.Postmaster.from_text("4242\n/d/pgdata\n") is None
 
 
 def test_socket_dir_must_fit_a_unix_socket_and_a_url() -> None:
-    assert embedded.socket_dir_usable(Path("/tmp/x/pgdata"))
-    assert not embedded.socket_dir_usable(Path("/tmp/" + "d" * 100))
-    assert not embedded.socket_dir_usable(Path("/tmp/a,b"))
+    assert embedded_server.socket_dir_usable(Path("/tmp/x/pgdata"))
+    assert not embedded_server.socket_dir_usable(Path("/tmp/" + "d" * 100))
+    assert not embedded_server.socket_dir_usable(Path("/tmp/a,b"))
 
 
 def test_url_survives_odd_characters_in_the_socket_dir() -> None:
@@ -182,7 +184,7 @@ async def test_start_gives_a_working_superuser_url_and_stop_shuts_down(data_dir:
 
     _wait_gone(postmaster)
     assert _server_pids(data_dir / "pgdata") == []
-    with pytest.raises(embedded.EmbeddedPostgresError, match="not started"):
+    with pytest.raises(programs.EmbeddedPostgresError, match="not started"):
         _ = pg.url
 
 
@@ -289,7 +291,7 @@ async def test_a_server_started_outside_snapsync_is_used_but_left_running(
     # Started by hand, as an administrator might, with its socket where snapsync looks.
     options = f"-c listen_addresses= -c unix_socket_directories={pgdata}"
     subprocess.run(
-        [str(embedded.program("pg_ctl")), "start", "-D", str(pgdata), "-w", "-s", "-o", options],
+        [str(programs.program("pg_ctl")), "start", "-D", str(pgdata), "-w", "-s", "-o", options],
         check=True,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -407,7 +409,7 @@ def test_psql_command_opens_the_database_even_with_a_space_in_the_path(data_dir:
 
 
 def test_data_dir_with_shell_metacharacters_is_refused(data_dir: Path) -> None:
-    with pytest.raises(embedded.EmbeddedPostgresError, match="SNAPSYNC_DATA_DIR"):
+    with pytest.raises(programs.EmbeddedPostgresError, match="SNAPSYNC_DATA_DIR"):
         embedded.EmbeddedPostgres(data_dir / "a$b").start()
 
 

@@ -30,7 +30,7 @@ from aiohttp import web
 from hypothesis import HealthCheck
 from hypothesis import strategies as st
 
-from app.simulator import population as pop
+from app.simulator import model
 
 from ..conftest import run_cli
 from .simulated import RunningSimulator, serve
@@ -48,7 +48,7 @@ STRING_FIELDS = (
     "restore_fail_reason",
 )
 TIME_FIELDS = ("create_time", "last_restore_time")
-API_FIELDS = frozenset(pop.API_FIELDS)
+API_FIELDS = frozenset(model.API_FIELDS)
 
 # SQL-shaped, format-string-shaped, markup-shaped and unicode-control strings.
 HOSTILE_STRINGS = (
@@ -100,7 +100,7 @@ SNAPSHOT_IDS = st.sampled_from(
 )
 STATUSES = st.sampled_from(
     [
-        *pop.STATUSES,
+        *model.STATUSES,
         "CREATE_SUCCESS",
         "some future status",
         "'; DROP TABLE sync_runs; --",

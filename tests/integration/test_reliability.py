@@ -27,9 +27,9 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from app import auth, client, db, embedded, sync
+from app import auth, client, db, embedded, runs, sync
 from app import settings as settings_module
-from app.simulator import population as pop
+from app.simulator import model
 
 from ..conftest import _asyncpg_dsn, cli_env, run_cli
 from .simulated import RunningSimulator, serve
@@ -89,11 +89,11 @@ class InProcess:
     settings: settings_module.Settings
     syncer: sync.Syncer
 
-    async def sync(self, project_id: str, *, timeout: float = 180) -> sync.RunResult:
+    async def sync(self, project_id: str, *, timeout: float = 180) -> runs.RunResult:
         project = settings_module.Project(project_id=project_id, region=self.settings.region)
         return await asyncio.wait_for(self.syncer.sync_project(project), timeout)
 
-    async def sync_all(self, *, timeout: float = 300) -> list[sync.RunResult]:
+    async def sync_all(self, *, timeout: float = 300) -> list[runs.RunResult]:
         projects = self.settings.require_projects()
         return await asyncio.wait_for(self.syncer.sync_all(projects), timeout)
 
@@ -132,7 +132,7 @@ async def in_process(
         await engine.dispose()
 
 
-def all_succeeded(results: list[sync.RunResult]) -> bool:
+def all_succeeded(results: list[runs.RunResult]) -> bool:
     return all(r.status == "succeeded" for r in results)
 
 
@@ -395,7 +395,7 @@ async def connect(url: str) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-async def normal_sync(sim: RunningSimulator, url: str) -> list[sync.RunResult]:
+async def normal_sync(sim: RunningSimulator, url: str) -> list[runs.RunResult]:
     """A sync as the CLI does it, in-process (a fresh engine after each restart)."""
     async with in_process(sim, url, page_size=50, delete_after_misses=1) as normal:
         return await normal.sync_all()
@@ -662,23 +662,23 @@ class ChurnDuringPaging:
         if kind == "delete" and len(snaps) > 20:
             population.delete_snapshot(pid, victim.snapshot_id)
         elif kind == "create":
-            status = rng.choice(pop.STATUSES)
+            status = rng.choice(model.STATUSES)
             population.add_snapshot(
                 pid,
                 {
                     "create_time": twin.create_time,
                     "status": status,
-                    "process": rng.randint(0, 99) if status in pop.IN_FLIGHT else None,
+                    "process": rng.randint(0, 99) if status in model.IN_FLIGHT else None,
                 },
             )
         elif kind == "status":
-            status = rng.choice(pop.STATUSES)
+            status = rng.choice(model.STATUSES)
             population.set_fields(
                 pid,
                 victim.snapshot_id,
                 {
                     "status": status,
-                    "process": rng.randint(0, 99) if status in pop.IN_FLIGHT else None,
+                    "process": rng.randint(0, 99) if status in model.IN_FLIGHT else None,
                 },
             )
         elif kind == "move":

@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from app.simulator import auth, server
-from app.simulator import population as pop
+from app.simulator import auth, model, server, state
 
 _MISSING = "the official SDKs are not installed (pip install -e '.[dev]' brings them)"
 pytest.importorskip("huaweicloudsdkcore", reason=_MISSING)
@@ -109,13 +108,13 @@ def _model_item(model: Any) -> dict[str, Any]:
     return {key: value for key, value in model.to_dict().items() if value is not None}
 
 
-def _api_item(snap: pop.Snapshot) -> dict[str, Any]:
+def _api_item(snap: model.Snapshot) -> dict[str, Any]:
     return {key: value for key, value in snap.to_api().items() if value is not None}
 
 
 @contextlib.asynccontextmanager
 async def _oracle(**overrides: Any) -> AsyncIterator[Oracle]:
-    options = server.SimulatorOptions(
+    options = state.SimulatorOptions(
         **{
             "port": 0,
             "projects": 3,
@@ -162,7 +161,7 @@ async def test_each_single_filter(oracle: Oracle) -> None:
     pid = oracle.running.project_ids[1]
     everything = oracle.running.population.snapshots(pid)
     sample = everything[len(everything) // 3]
-    cases: list[tuple[dict[str, Any], Callable[[pop.Snapshot], bool]]] = [
+    cases: list[tuple[dict[str, Any], Callable[[model.Snapshot], bool]]] = [
         ({"desktop_id": sample.desktop_id}, lambda s: s.desktop_id == sample.desktop_id),
         ({"desktop_name": sample.desktop_name}, lambda s: s.desktop_name == sample.desktop_name),
         (
@@ -174,7 +173,7 @@ async def test_each_single_filter(oracle: Oracle) -> None:
         ({"disk_type": "ALL"}, lambda s: True),
         ({"create_type": "AUTO"}, lambda s: s.create_type == "AUTO"),
         ({"create_type": "MANUALLY"}, lambda s: s.create_type == "MANUALLY"),
-        *(({"status": status}, _status_is(status)) for status in pop.STATUSES),
+        *(({"status": status}, _status_is(status)) for status in model.STATUSES),
     ]
     matched = 0
     for fields, predicate in cases:
@@ -184,7 +183,7 @@ async def test_each_single_filter(oracle: Oracle) -> None:
     assert matched >= len(cases) - 2  # a small population may lack a rare status
 
 
-def _status_is(status: str) -> Callable[[pop.Snapshot], bool]:
+def _status_is(status: str) -> Callable[[model.Snapshot], bool]:
     return lambda s: s.status == status
 
 
@@ -195,7 +194,7 @@ async def test_each_list_filter_and_their_combinations(oracle: Oracle) -> None:
     desktop_ids = sorted({s.desktop_id for s in picks})
     desktop_names = sorted({s.desktop_name for s in picks})
     snapshot_names = sorted({s.snapshot_name for s in picks})
-    cases: list[tuple[dict[str, Any], Callable[[pop.Snapshot], bool]]] = [
+    cases: list[tuple[dict[str, Any], Callable[[model.Snapshot], bool]]] = [
         ({"desktop_ids": desktop_ids}, lambda s: s.desktop_id in desktop_ids),
         ({"desktop_names": desktop_names}, lambda s: s.desktop_name in desktop_names),
         ({"snapshot_names": snapshot_names}, lambda s: s.snapshot_name in snapshot_names),

@@ -20,7 +20,7 @@ from aiohttp import web
 from sqlalchemy.engine import make_url
 
 from app import settings as settings_module
-from app.simulator import server
+from app.simulator import server, state
 
 from ..conftest import _asyncpg_dsn, run_cli
 from .simulated import RunningSimulator, serve
@@ -322,8 +322,8 @@ async def serve_https(
     ca.issue_cert(*names).configure_cert(context)
     ca_file = tmp_path / f"ca-{uuid.uuid4().hex[:8]}.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    opts = server.SimulatorOptions(port=0, tick_seconds=0, **options)
-    population = server.build_population(opts)
+    opts = state.SimulatorOptions(port=0, tick_seconds=0, **options)
+    population = state.build_population(opts)
     runner = web.AppRunner(server.create_app(opts, population=population), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)

@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.simulator import model, query, server, state
 from app.simulator import population as pop
-from app.simulator import query, server
 from app.simulator.control import ControlError, SimulatorControl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,7 +97,7 @@ async def start_sim() -> AsyncIterator[StartSim]:
         http = await stack.enter_async_context(aiohttp.ClientSession())
 
         async def start(**overrides: Any) -> Sim:
-            options = server.SimulatorOptions(
+            options = state.SimulatorOptions(
                 **{
                     "port": 0,
                     "projects": 3,
@@ -134,15 +134,15 @@ def test_population_shape() -> None:
     assert all(re.fullmatch(r"[0-9a-f]{32}", p) for p in population.project_ids)
     items = [snap.to_api() for snap in population.snapshots(pid)]
     assert len(items) == 1000 and population.total == 2000
-    allowed = set(pop.API_FIELDS)
+    allowed = set(model.API_FIELDS)
     for item in items:
         assert set(item) <= allowed
         assert UUID_RE.fullmatch(item["snapshot_id"])
         assert TIME_RE.fullmatch(item["create_time"]) and item["create_time"] < "2024-04-20T08"
-        assert item["status"] in pop.STATUSES
-        assert item["create_type"] in pop.CREATE_TYPES
+        assert item["status"] in model.STATUSES
+        assert item["create_type"] in model.CREATE_TYPES
         assert isinstance(item["is_system_disk"], bool)
-        if item["status"] in pop.IN_FLIGHT:
+        if item["status"] in model.IN_FLIGHT:
             assert 0 <= item["process"] <= 100
         else:
             assert item["process"] is None
@@ -199,7 +199,7 @@ def test_evolution_creates_restores_and_deletes() -> None:
             if not history or history[-1] != (snap.status, snap.process):
                 history.append((snap.status, snap.process))
             created_at.setdefault(snap.snapshot_id, snap.create_time)
-            if snap.status == "restore_success" and snap.last_restore_time == pop.format_time(
+            if snap.status == "restore_success" and snap.last_restore_time == model.format_time(
                 population.now.timestamp()
             ):
                 fresh_restores.add(snap.snapshot_id)
@@ -224,7 +224,7 @@ def test_evolution_creates_restores_and_deletes() -> None:
     for history in seen.values():
         run: list[int] = []
         for status, process in history:
-            if status in pop.IN_FLIGHT:
+            if status in model.IN_FLIGHT:
                 assert process is not None and (not run or process > run[-1] or process == 0)
                 run.append(process)
             else:
@@ -261,14 +261,14 @@ def test_scripted_control() -> None:
     assert json.loads(changed.to_json())["create_time"] == "2000-01-01T00:00:00Z"
     population.tick(50)  # pinned: evolution leaves it alone
     assert population.get_snapshot(pid, added.snapshot_id).to_api()["process"] == 10
-    with pytest.raises(pop.FieldError):
+    with pytest.raises(model.FieldError):
         population.set_fields(pid, added.snapshot_id, {"is_system_disk": "yes"})
-    with pytest.raises(pop.FieldError):
+    with pytest.raises(model.FieldError):
         population.add_snapshot(pid, {"colour": "red"})
     population.delete_snapshot(pid, added.snapshot_id)
-    with pytest.raises(pop.UnknownSnapshotError):
+    with pytest.raises(model.UnknownSnapshotError):
         population.get_snapshot(pid, added.snapshot_id)
-    with pytest.raises(pop.UnknownProjectError):
+    with pytest.raises(model.UnknownProjectError):
         population.snapshots("0" * 32)
 
 
@@ -285,8 +285,8 @@ def test_paging_partitions_the_listing(
     population = _SMALL
     pid = population.project_ids[0]
     selector = query.Selector(population)
-    sort_field: pop.SortField = "snapshot_name" if by_name else "create_time"
-    pages: list[pop.Snapshot] = []
+    sort_field: model.SortField = "snapshot_name" if by_name else "create_time"
+    pages: list[model.Snapshot] = []
     offset = 0
     rng = random.Random(limit) if shuffle else None
     while True:
@@ -654,7 +654,7 @@ async def test_automatic_ticks(start_sim: StartSim) -> None:
 
 async def test_serve_until_cancelled() -> None:
     ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    options = server.SimulatorOptions(port=0, projects=1, snapshots=10, tick_seconds=0)
+    options = state.SimulatorOptions(port=0, projects=1, snapshots=10, tick_seconds=0)
     task = asyncio.create_task(server.serve(options, ready=ready.set_result, announce=False))
     url = await asyncio.wait_for(ready, 10)
     async with aiohttp.ClientSession() as http, http.get(f"{url}/_sim/projects") as response:
