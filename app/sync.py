@@ -227,11 +227,12 @@ class Syncer:
                 await fill()
                 yield page
         finally:
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
             for _ in range(held):
                 budget.release()
+            for task in pending:
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*pending, return_exceptions=True)
 
     def _progress(self, run: runs.Run, listing: deletion.Listing) -> None:
         if self._on_progress is None:

@@ -308,3 +308,31 @@ async def test_projects_synced_together_share_the_process_wide_pages_ahead(
         assert 2 <= counter.peak <= 4, counter.peak
         assert counter.started == sum(r.counts.pages for r in results) == 40
         await assert_exact_mirror(sql, sim)
+
+
+async def test_a_listing_failing_with_pages_in_flight_gives_back_every_page_ahead(
+    database_url: str, sql: asyncpg.Connection
+) -> None:
+    counter = InFlight()
+    async with serve(
+        projects=1, snapshots=400, seed=12, latency=0.05, middlewares=[counter]
+    ) as sim:
+        pid = sim.project_ids[0]
+        async with in_process(
+            sim, database_url, page_size=20, max_concurrent_requests=4, max_retries=0
+        ) as s:
+            budget = s.syncer._pages_ahead
+            size = budget._value
+            await sim.control("POST", "/_sim/faults", {"fault_500": 0.2})
+            outcomes = []
+            for _ in range(6):
+                result = await s.sync(pid)
+                outcomes.append(result.status)
+                assert budget._value == size, "a listing kept pages ahead after it ended"
+            assert "failed" in outcomes, outcomes
+            await sim.control("POST", "/_sim/faults", {"fault_500": 0})
+            counter.peak = 0
+            assert (await s.sync(pid)).status == "succeeded"
+            assert counter.peak == 4
+        await assert_exact_mirror(sql, sim)
+        await assert_invariants(sql, sim)

@@ -20,7 +20,7 @@ def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert s.hot_interval == 15
     assert s.page_size == 1000
     assert s.max_concurrent_projects == 8
-    assert s.max_concurrent_requests == 4
+    assert s.max_concurrent_requests == 8
     assert s.request_timeout == 30
     assert s.max_retries == 5
     assert s.delete_after_misses == 2
