@@ -179,7 +179,7 @@ class Syncer:
         pending: set[asyncio.Task[client_module.Page]] = set()
         arrived: list[client_module.Page] = []
         held = 0  # pages of this listing holding one of the budget: pending or arrived
-        planned_end = 1  # the first page; then every offset below the first total
+        planned_end = 1  # the first page; then the offsets below the smallest total seen
         next_offset = 0  # the lowest offset not requested yet
         extend = False  # the page at next_offset is wanted beyond the planned end
         first_total: int | None = None
@@ -210,6 +210,9 @@ class Syncer:
                 listing.listed(page.total_count)
                 if first_total is None:
                     first_total = planned_end = page.total_count
+                # A page saying the listing shrank stops the requests beyond its end (those in
+                # flight are still read); with one page at a time, as a sequential listing stops.
+                planned_end = min(planned_end, page.total_count)
                 offset = page.offset
                 if not page.items and offset < page.total_count:
                     raise errors.PagingError(
