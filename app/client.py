@@ -398,7 +398,9 @@ def new_session(settings: settings_module.Settings) -> aiohttp.ClientSession:
         cafile=str(settings.ca_bundle) if settings.ca_bundle else None
     )
     connector = aiohttp.TCPConnector(
-        limit=max(16, settings.max_concurrent_projects * 4), ttl_dns_cache=300, ssl=context
+        limit=max(16, settings.max_concurrent_projects * max(4, settings.max_concurrent_requests)),
+        ttl_dns_cache=300,
+        ssl=context,
     )
     return aiohttp.ClientSession(
         connector=connector,

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     discovery_interval: float = Field(default=3600, gt=0, allow_inf_nan=False)
     page_size: int = Field(default=1000, ge=1, le=1000)
     max_concurrent_projects: int = Field(default=8, ge=1, le=256)
+    # Pages of one project's listing in flight at once (after its first page).
+    max_concurrent_requests: int = Field(default=8, ge=1, le=64)
     request_timeout: float = Field(default=30, gt=0, allow_inf_nan=False)
     max_retries: int = Field(default=5, ge=0, le=50)
     max_requests_per_second: float = Field(default=20, ge=0, allow_inf_nan=False)

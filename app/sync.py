@@ -40,6 +40,11 @@ class Syncer:
     ) -> None:
         self._resources = runs.Resources(engine=engine, client=client, settings=settings)
         self._settings = self._resources.settings
+        # Listing pages in flight or waiting to be loaded, process-wide (see _get): at least one
+        # per project synced at once, and all of SNAPSYNC_MAX_CONCURRENT_REQUESTS for one.
+        self._pages_ahead = asyncio.Semaphore(
+            max(settings.max_concurrent_requests, settings.max_concurrent_projects)
+        )
         self._on_progress = on_progress
         self._on_finished = on_finished
 
@@ -151,41 +156,84 @@ class Syncer:
     async def _get(
         self, run: runs.Run, listing: deletion.Listing
     ) -> AsyncGenerator[client_module.Page, None]:
-        """Every page of the listing in order, the next one fetched while this one is loaded;
-        PagingError when the API's paging is broken or runs away."""
+        """Every page of the listing, each handed on as soon as it has arrived; PagingError
+        when the API's paging is broken or runs away.
+
+        The first page alone tells `total_count`; the pages it announces are then requested
+        with up to SNAPSYNC_MAX_CONCURRENT_REQUESTS in flight or waiting, a new one each time
+        one is handed on. Each of them also holds one of the process's `_pages_ahead`, so the
+        pages held beyond those being loaded stay bounded however many projects run; a listing
+        holding none always gets one (as before, every project keeps a page coming).
+        Pages are handed on in the order they arrived, not by offset: what a page says was
+        observed when it arrived, and a snapshot listed twice must end with its newer
+        observation written last (the Listing's bookkeeping does not depend on the order).
+        Past the first total (a listing that grew) the pages follow one at a time, each asked
+        for when the page before it says more follow, as a sequential listing would.
+        """
         pid = run.project.project_id
         limit = self._settings.page_size
-        offset = 0
+        width = self._settings.max_concurrent_requests
+        budget = self._pages_ahead
+        pending: set[asyncio.Task[client_module.Page]] = set()
+        arrived: list[client_module.Page] = []
+        held = 0  # pages of this listing holding one of the budget: pending or arrived
+        planned_end = 1  # the first page; then the offsets below the smallest total seen
+        next_offset = 0  # the lowest offset not requested yet
+        extend = False  # the page at next_offset is wanted beyond the planned end
         first_total: int | None = None
-        next_page: asyncio.Task[client_module.Page] | None
-        next_page = asyncio.create_task(run.list_page(0, limit))
+
+        async def fill() -> None:
+            nonlocal held, next_offset, extend
+            while (next_offset < planned_end or extend) and held < width:
+                if held and budget.locked():
+                    return  # the pages held keep this listing going; others wait for one
+                await budget.acquire()
+                held += 1
+                pending.add(asyncio.create_task(run.list_page(next_offset, limit)))
+                next_offset += limit
+                extend = False
+
         try:
-            while next_page is not None:
-                page = await next_page
-                next_page = None
+            await fill()
+            while pending or arrived:
+                if not arrived:
+                    done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    pending.difference_update(done)
+                    arrived.extend(_results(done))
+                    arrived.sort(key=lambda p: p.fetched_at, reverse=True)
+                page = arrived.pop()
+                held -= 1
+                budget.release()
                 run.counts.pages += 1
                 listing.listed(page.total_count)
                 if first_total is None:
-                    first_total = page.total_count
+                    first_total = planned_end = page.total_count
+                # A page saying the listing shrank stops the requests beyond its end (those in
+                # flight are still read); with one page at a time, as a sequential listing stops.
+                planned_end = min(planned_end, page.total_count)
+                offset = page.offset
                 if not page.items and offset < page.total_count:
                     raise errors.PagingError(
                         f"project {pid}: empty page at offset {offset} although total_count "
                         f"is {page.total_count}; the API's paging is broken"
                     )
-                offset += limit
-                if offset < page.total_count:
-                    if offset > RUNAWAY_FACTOR * (first_total + limit):
+                following = offset + limit
+                if following == next_offset and following < page.total_count:
+                    if following > RUNAWAY_FACTOR * (first_total + limit):
                         raise errors.PagingError(
-                            f"project {pid}: still paging at offset {offset} while the first "
+                            f"project {pid}: still paging at offset {following} while the first "
                             f"page said total_count {first_total}; the API's paging ran away"
                         )
-                    next_page = asyncio.create_task(run.list_page(offset, limit))
+                    extend = True
+                await fill()
                 yield page
         finally:
-            if next_page is not None:
-                next_page.cancel()
-                with contextlib.suppress(BaseException):
-                    await next_page
+            for _ in range(held):
+                budget.release()
+            for task in pending:
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*pending, return_exceptions=True)
 
     def _progress(self, run: runs.Run, listing: deletion.Listing) -> None:
         if self._on_progress is None:
@@ -202,3 +250,11 @@ class Syncer:
                 transitions=counts.transitions,
             )
         )
+
+
+def _results(done: set[asyncio.Task[client_module.Page]]) -> list[client_module.Page]:
+    """The pages of finished requests; the first failure raised (every one retrieved)."""
+    failures = [exc for task in done if (exc := task.exception()) is not None]
+    if failures:
+        raise failures[0]
+    return [task.result() for task in done]

@@ -121,6 +121,9 @@ PHASE_ORDER = (
     "change",
     "confirm",
     "startup",
+    "latency_fetch",
+    "latency_initial",
+    "latency_unchanged",
 )
 TARGETS = {
     "initial": 1.25,
@@ -129,6 +132,14 @@ TARGETS = {
     "speedup": 10.0,
     "rss_mb": 256.0,
 }
+# The latency phase: one project behind an API that takes LATENCY_SECONDS per request, against
+# a plain client that reads the first page and then the rest LATENCY_WIDTH at a time.
+PHASE_GROUPS = ("main", "latency")
+LATENCY_SECONDS = 0.25
+LATENCY_SNAPSHOTS = 80_000
+LATENCY_WIDTH = 4
+LATENCY_PASSES = 3
+LATENCY_TARGETS = {"latency_initial": 1.6, "latency_unchanged": 1.3}
 
 
 class BenchError(Exception):
@@ -383,9 +394,17 @@ class Server:
 
 
 @contextlib.contextmanager
-def simulator(projects: int, snapshots: int, seed: int, workdir: Path) -> Iterator[Server]:
+def simulator(
+    projects: int,
+    snapshots: int,
+    seed: int,
+    workdir: Path,
+    *,
+    latency: float = 0.0,
+    latency_per_item: float = 0.0,
+) -> Iterator[Server]:
     """benchmarks/sim_server.py in a child process, while the block runs."""
-    log_path = workdir / "simulator.log"
+    log_path = workdir / ("simulator.log" if not latency else "simulator-latency.log")
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [
@@ -394,6 +413,8 @@ def simulator(projects: int, snapshots: int, seed: int, workdir: Path) -> Iterat
                 f"--projects={projects}",
                 f"--snapshots={snapshots}",
                 f"--seed={seed}",
+                f"--latency={latency}",
+                f"--latency-per-item={latency_per_item}",
             ],
             stdout=subprocess.PIPE,
             stderr=log,
@@ -859,6 +880,18 @@ class Options:
     json_path: Path | None
     profile_dir: Path | None
     logs_dir: Path | None
+    phases: frozenset[str] = frozenset(PHASE_GROUPS)
+    latency: float = LATENCY_SECONDS
+    latency_per_item: float = 0.0
+    latency_snapshots: int = LATENCY_SNAPSHOTS
+    concurrent_requests: int | None = None
+
+    def sync_env(self) -> dict[str, str]:
+        """SNAPSYNC_* variables every measured sync gets beyond the connection."""
+        env = {"SNAPSYNC_MAX_REQUESTS_PER_SECOND": f"{self.rate_limit:g}"}
+        if self.concurrent_requests is not None:
+            env["SNAPSYNC_MAX_CONCURRENT_REQUESTS"] = str(self.concurrent_requests)
+        return env
 
 
 async def run(options: Options) -> Results:
@@ -874,10 +907,16 @@ async def run(options: Options) -> Results:
                 total=total,
             )
             results.machine["rate_limit"] = options.rate_limit
+            results.machine["concurrent_requests"] = options.concurrent_requests
             print_header(results, database)
-            print(f"# starting the simulator ({total:,} snapshots)", flush=True)
-            with simulator(options.projects, options.snapshots, options.seed, workdir) as server:
-                await measure(options, results, database, server, workdir)
+            if "main" in options.phases:
+                print(f"# starting the simulator ({total:,} snapshots)", flush=True)
+                with simulator(
+                    options.projects, options.snapshots, options.seed, workdir
+                ) as server:
+                    await measure(options, results, database, server, workdir)
+        if "latency" in options.phases:
+            await measure_latency(options, results, workdir)
     changed = code_version() != results.machine["code"]
     if changed:
         results.machine["code"] += " (app/ changed during the run: phases measured different code)"
@@ -906,7 +945,7 @@ async def measure(
                     "SNAPSYNC_PROJECTS": ",".join(project_ids),
                     "SNAPSYNC_AUTH": "token",
                     "SNAPSYNC_AUTH_TOKEN": AUTH_TOKEN,
-                    "SNAPSYNC_MAX_REQUESTS_PER_SECOND": f"{options.rate_limit:g}",
+                    **options.sync_env(),
                 }
             ),
             workdir=workdir,
@@ -1138,6 +1177,130 @@ def ratios(results: Results) -> list[dict[str, Any]]:
     return out
 
 
+# ---- the latency phase --------------------------------------------------------------------
+
+
+async def fetch_wide(
+    session: aiohttp.ClientSession, base: str, project_id: str, width: int
+) -> tuple[int, int]:
+    """A plain client: the first page, then every page it announces, `width` in flight at a
+    time, each decoded with orjson; returns (items, pages)."""
+    first = await get_page(session, base, project_id, 0)
+    gate = asyncio.Semaphore(width)
+
+    async def one(offset: int) -> int:
+        async with gate:
+            page = await get_page(session, base, project_id, offset)
+        return len(page["desktop_snapshots"])
+
+    offsets = range(PAGE_SIZE, first["total_count"], PAGE_SIZE)
+    rest = await asyncio.gather(*(one(offset) for offset in offsets))
+    return len(first["desktop_snapshots"]) + sum(rest), 1 + len(offsets)
+
+
+async def measure_latency(options: Options, results: Results, workdir: Path) -> None:
+    """One project of `latency_snapshots` behind an API with `latency` seconds per request (and
+    `latency_per_item` per item a page holds), in its own simulator and database: the plain
+    LATENCY_WIDTH-way fetch (median of LATENCY_PASSES), snapsync's first sync and an unchanged
+    resync; their ratios to the plain fetch, and the requests the resync made."""
+    n = options.latency_snapshots
+    delay = f"{options.latency:g}s/request" + (
+        f" + {options.latency_per_item:g}s/item" if options.latency_per_item else ""
+    )
+    print(f"# latency phase: 1 project x {n:,} snapshots, {delay}", flush=True)
+    seed = options.seed + 1  # another project id than the main phases' first project
+    async with throwaway_database(options.database_url, options.keep_database) as database:
+        with simulator(
+            1,
+            n,
+            seed,
+            workdir,
+            latency=options.latency,
+            latency_per_item=options.latency_per_item,
+        ) as server:
+            meter = CpuMeter(server_pid=server.pid)
+            admin = await asyncpg.connect(asyncpg_dsn(options.database_url, database))
+            try:
+                meter.postmaster_pid = postmaster_of(admin.get_server_pid())
+                async with new_session() as http:
+                    (project_id,) = await project_ids_of(http, server.url)
+                    snapsync = Snapsync(
+                        env=child_env(
+                            {
+                                "SNAPSYNC_DATABASE_URL": sqlalchemy_url(
+                                    options.database_url, database
+                                ),
+                                "SNAPSYNC_WORKSPACE_ENDPOINT": server.url,
+                                "SNAPSYNC_IAM_ENDPOINT": server.url,
+                                "SNAPSYNC_PROJECTS": project_id,
+                                "SNAPSYNC_AUTH": "token",
+                                "SNAPSYNC_AUTH_TOKEN": AUTH_TOKEN,
+                                **options.sync_env(),
+                            }
+                        ),
+                        workdir=workdir,
+                        meter=meter,
+                    )
+                    await snapsync.run("latency-migrate", "migrate")
+                    passes = []
+                    for _ in range(LATENCY_PASSES):
+                        cpu_before = meter.read()
+                        started = time.monotonic()
+                        seen, pages = await fetch_wide(http, server.url, project_id, LATENCY_WIDTH)
+                        seconds = time.monotonic() - started
+                        if seen != n:
+                            raise BenchError(f"the simulator listed {seen} snapshots, expected {n}")
+                        passes.append((seconds, CpuMeter.usage(cpu_before, meter.read())))
+                passes.sort(key=lambda p: p[0])
+                seconds, cpu = passes[len(passes) // 2]
+                results.add(
+                    "latency_fetch",
+                    Phase(
+                        f"latency: plain fetch, page 1 then {LATENCY_WIDTH} at a time",
+                        seconds,
+                        n,
+                        cpu=cpu,
+                        requests=pages,
+                        note=f"{delay}; median of {LATENCY_PASSES}: "
+                        + ", ".join(f"{p[0]:.2f}s" for p in passes),
+                    ),
+                )
+                for key, label in (
+                    ("latency_initial", "latency: snapsync initial sync"),
+                    ("latency_unchanged", "latency: snapsync unchanged resync"),
+                ):
+                    await quiesce(admin, vacuum=True)
+                    results.add(
+                        key,
+                        await measure_sync(
+                            key.replace("_", "-"), label, snapsync, admin, database, n
+                        ),
+                    )
+            finally:
+                await admin.close()
+    results.machine["latency"] = delay
+    results.ratios += latency_ratios(results)
+
+
+def latency_ratios(results: Results) -> list[dict[str, Any]]:
+    """The latency phase's ratios: each sync against the plain fetch, with its requests."""
+    p = results.phases
+    fetch = p["latency_fetch"]
+    out = []
+    for key, what in (("latency_initial", "initial"), ("latency_unchanged", "unchanged")):
+        value = p[key].seconds / fetch.seconds
+        out.append(
+            {
+                "ratio": f"latency: {what} / plain {LATENCY_WIDTH}-way fetch",
+                "value": round(value, 2),
+                "target": f"<= {LATENCY_TARGETS[key]:g}",
+                "met": value <= LATENCY_TARGETS[key],
+                "detail": f"{p[key].requests} API requests for {fetch.requests} pages",
+            }
+        )
+    return out
+
+
 # ---- output --------------------------------------------------------------------------------
 
 
@@ -1194,7 +1357,8 @@ def print_header(results: Results, database: str) -> None:
     )
     print(
         f"# code: {m['code']}; load average at start {m['load_average']}; "
-        f"SNAPSYNC_MAX_REQUESTS_PER_SECOND={m['rate_limit']:g}",
+        f"SNAPSYNC_MAX_REQUESTS_PER_SECOND={m['rate_limit']:g}, "
+        f"SNAPSYNC_MAX_CONCURRENT_REQUESTS={m['concurrent_requests'] or 'default'}",
         flush=True,
     )
 
@@ -1356,6 +1520,37 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         help="SNAPSYNC_MAX_REQUESTS_PER_SECOND for the syncs (default 0: no limit, as the bare "
         "fetch; snapsync's own default is 20, the API's throttle)",
     )
+    parser.add_argument(
+        "--concurrent-requests",
+        type=int,
+        metavar="N",
+        help="SNAPSYNC_MAX_CONCURRENT_REQUESTS for the syncs (default: snapsync's own)",
+    )
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASE_GROUPS),
+        help="comma-separated: main (bare fetch, COPY, naive, the syncs), latency (one project "
+        "behind a slow API against a plain 4-way fetch); default both",
+    )
+    parser.add_argument(
+        "--latency",
+        type=float,
+        default=LATENCY_SECONDS,
+        metavar="SECONDS",
+        help=f"the latency phase's seconds per request (default {LATENCY_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--latency-per-item",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="the latency phase's seconds per item a page holds, on top (default 0)",
+    )
+    parser.add_argument(
+        "--latency-snapshots",
+        type=int,
+        help=f"the latency phase's project size (default {LATENCY_SNAPSHOTS:,}; --quick 4,000)",
+    )
     parser.add_argument("--keep-database", action="store_true", help="do not drop it at the end")
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     parser.add_argument(
@@ -1375,6 +1570,16 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     snapshots = args.snapshots or (2_000 if args.quick else 50_000)
     if projects < 1 or snapshots < 1:
         parser.error("--projects and --snapshots must be at least 1")
+    phases = frozenset(p.strip() for p in args.phases.split(",") if p.strip())
+    if not phases or not phases <= set(PHASE_GROUPS):
+        parser.error(f"--phases takes a comma-separated list of {', '.join(PHASE_GROUPS)}")
+    latency_snapshots = args.latency_snapshots or (4_000 if args.quick else LATENCY_SNAPSHOTS)
+    if latency_snapshots < 1 or not 0 <= args.latency <= 600 or not 0 <= args.latency_per_item <= 1:
+        parser.error(
+            "--latency-snapshots >= 1, 0 <= --latency <= 600, 0 <= --latency-per-item <= 1"
+        )
+    if args.concurrent_requests is not None and not 1 <= args.concurrent_requests <= 64:
+        parser.error("--concurrent-requests must be between 1 and 64")
     for directory in (args.profile, args.logs):
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
@@ -1389,6 +1594,11 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         json_path=args.json,
         profile_dir=args.profile.resolve() if args.profile else None,
         logs_dir=args.logs.resolve() if args.logs else None,
+        phases=phases,
+        latency=args.latency,
+        latency_per_item=args.latency_per_item,
+        latency_snapshots=latency_snapshots,
+        concurrent_requests=args.concurrent_requests,
     )
 
 

@@ -83,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per request")
+    parser.add_argument(
+        "--latency-per-item", type=float, default=0.0, help="seconds per item a page holds"
+    )
     args = parser.parse_args(argv)
     options = state.SimulatorOptions(
         host=args.host,
@@ -91,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         snapshots=args.snapshots,
         seed=args.seed,
         tick_seconds=0,
+        latency=args.latency,
+        latency_per_item=args.latency_per_item,
     )
     asyncio.run(serve(options))
 

@@ -94,7 +94,19 @@ async def test_quick_benchmark_runs_and_prints_its_tables(
     assert phases["change"]["counts"]["updated"] == payload["change"]["changed"]
     assert phases["change"]["counts"]["inserted"] == payload["change"]["added"]
     assert phases["confirm"]["counts"]["deleted"] == payload["change"]["deleted"]
-    # The benchmark dropped the database it made.
+    # The latency phase: one project of 4,000 behind 0.25 s a request (--quick).
+    for name in (
+        "latency: plain fetch, page 1 then 4 at a time",
+        "latency: snapsync initial sync",
+        "latency: snapsync unchanged resync",
+        "latency: initial / plain 4-way fetch",
+        "latency: unchanged / plain 4-way fetch",
+    ):
+        assert name in stdout
+    assert phases["latency_initial"]["counts"]["inserted"] == 4000
+    assert phases["latency_unchanged"]["writes"]["snapshot_records"] == [0, 0, 0]
+    assert phases["latency_unchanged"]["requests"] == phases["latency_fetch"]["requests"] == 4
+    # The benchmark dropped the databases it made.
     assert await bench_databases(pg_server_url) == before
 
 

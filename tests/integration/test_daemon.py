@@ -311,10 +311,12 @@ async def test_sigterm_lets_a_running_sync_finish_within_the_grace_period(
     database_url: str, sql: asyncpg.Connection, launch: Launch
 ) -> None:
     async with serve(projects=1, snapshots=20, latency=0.4) as sim:
+        # Pages one after another (4 of 0.4 s): the sync is seen running before it ends.
         env = env_for(
             sim,
             database_url,
             SNAPSYNC_PAGE_SIZE="5",
+            SNAPSYNC_MAX_CONCURRENT_REQUESTS="1",
             SNAPSYNC_SHUTDOWN_GRACE="20",
             SNAPSYNC_LOG_FORMAT="json",
         )
@@ -341,7 +343,14 @@ async def test_sigterm_interrupts_a_sync_that_outlasts_the_grace_period(
     database_url: str, sql: asyncpg.Connection, launch: Launch
 ) -> None:
     async with serve(projects=1, snapshots=40, latency=0.5) as sim:
-        env = env_for(sim, database_url, SNAPSYNC_PAGE_SIZE="5", SNAPSYNC_SHUTDOWN_GRACE="1")
+        # Pages one after another: 8 pages of 0.5 s outlast the 1 s grace.
+        env = env_for(
+            sim,
+            database_url,
+            SNAPSYNC_PAGE_SIZE="5",
+            SNAPSYNC_SHUTDOWN_GRACE="1",
+            SNAPSYNC_MAX_CONCURRENT_REQUESTS="1",
+        )
         running = await launch(env)
 
         async def in_flight() -> Any:
@@ -361,7 +370,10 @@ async def test_a_killed_daemons_run_is_marked_abandoned_by_the_next_one(
     database_url: str, sql: asyncpg.Connection, launch: Launch
 ) -> None:
     async with serve(projects=1, snapshots=40, latency=0.5) as sim:
-        env = env_for(sim, database_url, SNAPSYNC_PAGE_SIZE="5")
+        # Pages one after another (8 of 0.5 s): the sync runs long enough to be killed in.
+        env = env_for(
+            sim, database_url, SNAPSYNC_PAGE_SIZE="5", SNAPSYNC_MAX_CONCURRENT_REQUESTS="1"
+        )
         killed = await launch(env)
 
         async def in_flight() -> Any:

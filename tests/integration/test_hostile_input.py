@@ -526,8 +526,15 @@ async def test_any_answer_is_stored_exactly_or_refused_clearly(
     tally: Counter[str] = Counter()
     async with (
         serve(projects=1, snapshots=1) as sim,
+        # The simulator serves the queued answers in the order requests arrive, and the
+        # oracle (`expect`) reads them as offsets 0, LIMIT, 2 * LIMIT...: pages one at a time.
         in_process(
-            sim, database_url, page_size=LIMIT, max_retries=0, request_timeout=30
+            sim,
+            database_url,
+            page_size=LIMIT,
+            max_retries=0,
+            request_timeout=30,
+            max_concurrent_requests=1,
         ) as harness,
     ):
 

@@ -100,7 +100,10 @@ class InProcess:
 
 @contextlib.asynccontextmanager
 async def in_process(
-    sim: RunningSimulator, database_url: str, **overrides: Any
+    sim: RunningSimulator,
+    database_url: str,
+    on_progress: sync.ProgressHook | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[InProcess]:
     """Settings, engine, HTTP session, authenticator and client as the CLI builds them."""
     values: dict[str, Any] = {
@@ -124,7 +127,12 @@ async def in_process(
             try:
                 yield InProcess(
                     settings=settings,
-                    syncer=sync.Syncer(engine=engine, client=workspace, settings=settings),
+                    syncer=sync.Syncer(
+                        engine=engine,
+                        client=workspace,
+                        settings=settings,
+                        on_progress=on_progress,
+                    ),
                 )
             finally:
                 await authenticator.close()

@@ -20,6 +20,7 @@ def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert s.hot_interval == 15
     assert s.page_size == 1000
     assert s.max_concurrent_projects == 8
+    assert s.max_concurrent_requests == 8
     assert s.request_timeout == 30
     assert s.max_retries == 5
     assert s.delete_after_misses == 2
@@ -61,6 +62,9 @@ def test_postgresql_scheme_is_accepted_and_made_asyncpg() -> None:
     [
         ({"SNAPSYNC_PAGE_SIZE": "0"}, "SNAPSYNC_PAGE_SIZE"),
         ({"SNAPSYNC_PAGE_SIZE": "1001"}, "SNAPSYNC_PAGE_SIZE"),
+        ({"SNAPSYNC_MAX_CONCURRENT_REQUESTS": "0"}, "SNAPSYNC_MAX_CONCURRENT_REQUESTS"),
+        ({"SNAPSYNC_MAX_CONCURRENT_REQUESTS": "65"}, "SNAPSYNC_MAX_CONCURRENT_REQUESTS"),
+        ({"SNAPSYNC_MAX_CONCURRENT_REQUESTS": "four"}, "SNAPSYNC_MAX_CONCURRENT_REQUESTS"),
         ({"SNAPSYNC_AUTH": "kerberos"}, "SNAPSYNC_AUTH"),
         ({"SNAPSYNC_PROJECTS": "ok,not ok"}, "SNAPSYNC_PROJECTS"),
         ({"SNAPSYNC_AUTH": "token", "SNAPSYNC_AUTH_TOKEN": ""}, "SNAPSYNC_AUTH_TOKEN"),
