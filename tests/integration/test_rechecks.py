@@ -191,3 +191,52 @@ async def test_the_simulator_answers_400_to_the_list_filters_only_when_told(
                 f"{sim.url}/v2/{pid}/snapshots?desktop_id={desktop}", headers=headers
             ) as response:
                 assert response.status == 200
+
+
+async def test_the_hot_lane_looks_up_finished_snapshots_of_many_desktops_in_one_request(
+    database_url: str, sql: asyncpg.Connection
+) -> None:
+    """Three creations on three desktops finish between polls: one `desktop_ids` lookup finds
+    them; against an older API version, one 400 and then one `desktop_id` per desktop."""
+    from app import settings as settings_module
+
+    from .test_reliability import in_process
+
+    for legacy in (False, True):
+        queries = QueryLog()
+        async with serve(
+            projects=1,
+            snapshots=200,
+            seed=25 + legacy,
+            legacy_filters=legacy,
+            middlewares=[queries],
+        ) as sim:
+            pid = sim.project_ids[0]
+            chosen: list[str] = []
+            desktops: set[str] = set()
+            for snap in sim.population.snapshots(pid):
+                if snap.desktop_id and snap.desktop_id not in desktops and len(chosen) < 3:
+                    desktops.add(snap.desktop_id)
+                    chosen.append(snap.snapshot_id)
+            for sid in chosen:
+                sim.population.set_fields(pid, sid, {"status": "creating", "process": 10})
+            async with in_process(sim, database_url) as env:
+                project = settings_module.Project(project_id=pid, region=env.settings.region)
+                assert (await env.sync(pid)).status == "succeeded"
+                for sid in chosen:
+                    sim.population.set_fields(
+                        pid, sid, {"status": "create_success", "process": None}
+                    )
+                queries.queries.clear()
+                hot = await env.syncer.poll_in_flight(project)
+                assert hot is not None and hot.status == "succeeded", hot
+                assert hot.counts.transitions == 3
+            statuses = await sql.fetch(
+                "SELECT status FROM snapshots WHERE snapshot_id = ANY($1::text[])", chosen
+            )
+            assert {r["status"] for r in statuses} == {"create_success"}
+            # After the in-flight listings by status, the lookups.
+            assert len(queries.with_key("desktop_ids")) == 1
+            assert len(queries.with_key("desktop_id")) == (3 if legacy else 0)
+        await sql.execute("TRUNCATE snapshot_records, snapshot_status_history, sync_runs CASCADE")
+        await sql.execute("TRUNCATE projects CASCADE")
