@@ -103,6 +103,9 @@ class WorkspaceClient:
         self._on_request = on_request
         self._on_retry = on_retry
         self._on_wait = on_wait
+        # The list filters of the current API version (`desktop_ids`, ...): False once the API
+        # answered 400 to one (an older version), for the rest of the process.
+        self.list_filters = True
 
     async def list_page(
         self,

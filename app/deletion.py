@@ -1,24 +1,35 @@
 """The deletion rule. Offset paging over a list that changes (or reorders ties) can skip live
 snapshots, so every snapshot missing from a complete listing is looked up again by its desktop
 (or name) before it counts as missed; one that cannot be looked up counts only when the listing
-showed no sign of shifting. store.MARK_MISSING deletes a row at SNAPSYNC_DELETE_AFTER_MISSES
-misses. `Listing`, `plan_rechecks` and `decide` are pure; `cleanup` does the I/O."""
+showed no sign of shifting. Desktops are looked up many per request (`desktop_ids`, as many as
+keep the answer to one page and the URL short), or one per request (`desktop_id`) once the API
+answered 400 to the list filter (an older API version). store.MARK_MISSING deletes a row at
+SNAPSYNC_DELETE_AFTER_MISSES misses. `Listing`, `plan_rechecks`, `batch_rechecks` and `decide`
+are pure; `cleanup` does the I/O."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import quote
 
+from app import client as client_module
 from app import errors, runs, store
 
 log = logging.getLogger("app.sync")
 
 RECHECK_CONCURRENCY = 4
 MAX_RECHECK_QUERIES = 2000
+# A batch of desktops must fit one page of the API's largest size, by the stored counts of
+# their snapshots; the margin leaves room for snapshots created since they were stored.
+BATCH_ITEMS = 950
+# The bytes the `desktop_ids=...` pairs of one batch may add to the URL (gateways commonly
+# refuse URLs beyond 8 KB; half of that leaves room for the rest of the request line).
+BATCH_URL_BYTES = 4000
 
 Filter = tuple[str, str]
 
@@ -108,6 +119,47 @@ def plan_rechecks(
     return RecheckPlan(list(groups.items())[:limit], unverifiable, len(groups))
 
 
+def batch_rechecks(
+    queries: Sequence[tuple[Filter, list[str]]],
+    sizes: Mapping[str, int],
+    *,
+    items: int = BATCH_ITEMS,
+    url_bytes: int = BATCH_URL_BYTES,
+) -> list[list[int]]:
+    """Group the plan's queries (indexes into `queries`, in order) into requests: desktops
+    together while the stored counts of their snapshots (`sizes`, at least the missing ones)
+    stay within `items` and their `desktop_ids` pairs within `url_bytes`; a name, or a desktop
+    too big for company, alone (names after the desktops)."""
+    groups: list[list[int]] = []
+    names: list[list[int]] = []
+    current: list[int] = []
+    held = used = 0
+    for index, ((key, value), sids) in enumerate(queries):
+        if key != "desktop_id":
+            names.append([index])
+            continue
+        size = max(sizes.get(value, 0), len(sids))
+        cost = len("&desktop_ids=") + len(quote(value, safe=""))
+        if current and (held + size > items or used + cost > url_bytes):
+            groups.append(current)
+            current, held, used = [], 0, 0
+        current.append(index)
+        held += size
+        used += cost
+    if current:
+        groups.append(current)
+    return groups + names
+
+
+def group_filters(
+    queries: Sequence[tuple[Filter, list[str]]], group: Sequence[int]
+) -> list[Filter]:
+    """The query parameters of one request for a group: its one filter, or `desktop_ids`."""
+    if len(group) == 1:
+        return [queries[group[0]][0]]
+    return [("desktop_ids", queries[index][0][1]) for index in group]
+
+
 def decide(plan: RecheckPlan, found: Sequence[set[str] | None], *, trusted: bool) -> list[str]:
     """The ids that count as missed: those a re-check did not show (`found[i]`: the ids the
     plan's i-th listing showed, None when it failed and proves nothing), and the unverifiable
@@ -157,9 +209,12 @@ async def cleanup(run: runs.Run, listing: Listing, *, started_at: datetime) -> N
 
 async def _recheck(run: runs.Run, candidates: list[str], *, trusted: bool) -> list[str]:
     """Look the missing snapshots up by desktop (or name); return those that count as missed."""
+    pid = run.project.project_id
     async with run.transaction() as conn:
-        keys = await store.lookup_keys(conn, run.project.project_id, candidates)
-    plan = plan_rechecks(keys)
+        keys = await store.lookup_keys(conn, pid, candidates)
+        plan = plan_rechecks(keys)
+        desktops = [value for (key, value), _ in plan.queries if key == "desktop_id"]
+        sizes = await store.desktop_sizes(conn, pid, desktops) if desktops else {}
     if plan.needed > MAX_RECHECK_QUERIES:
         log.warning(
             "%d snapshots missing across %d desktops; re-checking the first %d now, "
@@ -169,32 +224,78 @@ async def _recheck(run: runs.Run, candidates: list[str], *, trusted: bool) -> li
             MAX_RECHECK_QUERIES,
         )
     gate = asyncio.Semaphore(RECHECK_CONCURRENCY)
+    found: list[set[str] | None] = [None] * len(plan.queries)
 
-    async def check(key: Filter, sids: list[str]) -> set[str] | None:
-        async with gate:
-            try:
-                return await _list_filtered(run, key)
-            except errors.ProjectError as exc:
-                log.warning(
-                    "could not re-check %d missing snapshot(s) by %s: %s", len(sids), key[0], exc
-                )
-                return None
+    async def single(index: int) -> None:
+        (key, value), sids = plan.queries[index]
+        try:
+            async with gate:
+                page = await run.list_page(0, runs.FILTERED_PAGE_SIZE, [(key, value)])
+            found[index] = await _shown(run, page, f"{key} {value}")
+        except errors.ProjectError as exc:
+            log.warning("could not re-check %d missing snapshot(s) by %s: %s", len(sids), key, exc)
 
-    found = await asyncio.gather(*(check(key, sids) for key, sids in plan.queries))
+    async def batch(group: list[int]) -> None:
+        if len(group) == 1 or not run.resources.client.list_filters:
+            await asyncio.gather(*(single(index) for index in group))
+            return
+        try:
+            async with gate:
+                page = await list_batch(run, group_filters(plan.queries, group))
+            if page is None:  # an older API version: one desktop per request
+                await asyncio.gather(*(single(index) for index in group))
+                return
+            shown = await _shown(run, page, f"{len(group)} desktops")
+        except errors.PagingError:
+            # More than one page for the batch (more snapshots than stored): in halves.
+            half = len(group) // 2
+            await asyncio.gather(batch(group[:half]), batch(group[half:]))
+            return
+        except errors.ProjectError as exc:
+            count = sum(len(plan.queries[index][1]) for index in group)
+            log.warning(
+                "could not re-check %d missing snapshot(s) of %d desktops: %s",
+                count,
+                len(group),
+                exc,
+            )
+            return
+        for index in group:
+            found[index] = shown
+
+    await asyncio.gather(*(batch(group) for group in batch_rechecks(plan.queries, sizes)))
     return decide(plan, found, trusted=trusted)
 
 
-async def _list_filtered(run: runs.Run, key: Filter) -> set[str]:
-    """Read a small filtered listing in one request, store what it shows, return its ids.
+async def list_batch(run: runs.Run, filters: list[Filter]) -> client_module.Page | None:
+    """The first page of a listing by several desktops (`desktop_ids`); None when the API
+    refuses the list filter (400: an older API version), which the process then remembers."""
+    client = run.resources.client
+    try:
+        return await run.list_page(0, runs.FILTERED_PAGE_SIZE, filters)
+    except errors.ApiError as exc:
+        if exc.status != 400:
+            raise
+        if client.list_filters:
+            client.list_filters = False
+            log.warning(
+                "the API refused the list filter desktop_ids (%s); an older API version: "
+                "looking snapshots up one desktop per request from now on",
+                exc,
+            )
+        return None
+
+
+async def _shown(run: runs.Run, page: client_module.Page, what: str) -> set[str]:
+    """Store what a re-check's page shows and return its ids.
 
     One page of the API's maximum size: a listing that needs a second page could skip items
     between its pages like any other, so it proves nothing and raises instead.
     """
-    page = await run.list_page(0, runs.FILTERED_PAGE_SIZE, [key])
     sorted_out = await run.load_page(page)
     if page.total_count > len(page.items):
         raise errors.PagingError(
-            f"project {run.project.project_id}: {key[0]} {key[1]} holds "
-            f"{page.total_count} snapshots, more than one page; cannot prove absence"
+            f"project {run.project.project_id}: {what} hold {page.total_count} snapshots, "
+            "more than one page; cannot prove absence"
         )
     return {*sorted_out.ids, *sorted_out.rejected_ids}

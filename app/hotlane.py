@@ -1,5 +1,6 @@
 """The hot lane: between full syncs, re-read only a project's in-flight snapshots. It lists the
-transient statuses the project has, then looks up those that left the list by name (or desktop).
+transient statuses the project has, then looks up those that left the list by desktop (many
+desktops per request, as the deletion rule's re-checks do) or, without a desktop, by name.
 What changed goes through a full sync's transform and load, under a `hot` run created only when
 there is something to write; unchanged ones get `status_seen_at`, which tightens the window of
 their next change. Never marks anything deleted."""
@@ -12,14 +13,10 @@ import time
 from datetime import UTC, datetime
 
 from app import client as client_module
-from app import errors, logs, runs, store
+from app import deletion, errors, logs, runs, store
 from app import settings as settings_module
 
 log = logging.getLogger("app.sync")
-
-# Names per request when the hot lane looks up snapshots that left the in-flight listing
-# (`snapshot_names`, a repeated query key in the current API version).
-NAMES_PER_LOOKUP = 50
 
 
 async def poll_in_flight(
@@ -75,19 +72,7 @@ async def _poll(
         item.get("snapshot_id") for page in pages for item in page.items if isinstance(item, dict)
     }
     gone = [row for row in in_flight if row.snapshot_id not in listed]
-    names = sorted({row.snapshot_name for row in gone if row.snapshot_name})
-    by_desktop = [r for r in gone if not r.snapshot_name]
-    try:
-        for start in range(0, len(names), NAMES_PER_LOOKUP):
-            chunk = names[start : start + NAMES_PER_LOOKUP]
-            pages.extend(await _read_all(run, [("snapshot_names", n) for n in chunk]))
-    except errors.ApiError as exc:
-        if exc.status != 400:
-            raise
-        # An API version without the list filters: one lookup per desktop instead.
-        by_desktop = gone
-    for desktop in sorted({r.desktop_id for r in by_desktop if r.desktop_id}):
-        pages.extend(await _read_all(run, [("desktop_id", desktop)]))
+    pages.extend(await _look_up(run, gone))
     counts = run.counts
     seen: dict[str, datetime] = {}
     for page in pages:
@@ -123,14 +108,43 @@ async def _poll(
         )
 
 
-async def _read_all(run: runs.Run, filters: list[tuple[str, str]]) -> list[client_module.Page]:
-    """Every page of a small filtered listing (a listing that shifts while it is read may miss
-    an item, which the next poll or full sync sees; nothing is deleted)."""
+async def _read_all(
+    run: runs.Run, filters: list[tuple[str, str]], *, offset: int = 0
+) -> list[client_module.Page]:
+    """Every page of a small filtered listing from `offset` (a listing that shifts while it is
+    read may miss an item, which the next poll or full sync sees; nothing is deleted)."""
     pages: list[client_module.Page] = []
-    offset = 0
     while True:
         page = await run.list_page(offset, runs.FILTERED_PAGE_SIZE, filters)
         pages.append(page)
         offset += runs.FILTERED_PAGE_SIZE
         if not page.items or offset >= page.total_count or len(pages) >= 100:
             return pages
+
+
+async def _look_up(run: runs.Run, gone: list[store.InFlight]) -> list[client_module.Page]:
+    """The pages showing the snapshots that left the in-flight listing: by desktop, many per
+    request (`desktop_ids`; one per request once the API refused it), else by name."""
+    if not gone:
+        return []
+    plan = deletion.plan_rechecks(
+        [(row.snapshot_id, row.desktop_id, row.snapshot_name) for row in gone]
+    )
+    desktops = [value for (key, value), _ in plan.queries if key == "desktop_id"]
+    sizes: dict[str, int] = {}
+    if desktops:
+        async with run.transaction() as conn:
+            sizes = await store.desktop_sizes(conn, run.project.project_id, desktops)
+    pages: list[client_module.Page] = []
+    for group in deletion.batch_rechecks(plan.queries, sizes):
+        filters = deletion.group_filters(plan.queries, group)
+        if len(group) > 1 and run.resources.client.list_filters:
+            first = await deletion.list_batch(run, filters)
+            if first is not None:
+                pages.append(first)
+                if first.items and first.total_count > len(first.items):
+                    pages.extend(await _read_all(run, filters, offset=runs.FILTERED_PAGE_SIZE))
+                continue
+        for index in group:
+            pages.extend(await _read_all(run, [plan.queries[index][0]]))
+    return pages

@@ -478,6 +478,22 @@ async def lookup_keys(
     return [(row.snapshot_id, row.desktop_id, row.snapshot_name) for row in result]
 
 
+async def desktop_sizes(
+    conn: AsyncConnection, project_id: str, desktop_ids: Sequence[str]
+) -> dict[str, int]:
+    """How many live rows each of the desktops holds: what a listing filtered by them shows, as
+    far as the database knows (to size the batches of re-checks)."""
+    result = await conn.execute(
+        text(
+            "SELECT desktop_id, count(*) AS n FROM snapshot_records "
+            "WHERE project_id = :project_id AND desktop_id = ANY(CAST(:ids AS text[])) "
+            "AND deleted_at IS NULL GROUP BY desktop_id"
+        ),
+        {"project_id": project_id, "ids": list(desktop_ids)},
+    )
+    return {row.desktop_id: int(row.n) for row in result}
+
+
 async def ensure_project(conn: AsyncConnection, project_id: str, region: str) -> None:
     """Create the project's row on its first sync; keep its region current."""
     await conn.execute(

@@ -70,6 +70,12 @@ def _regions(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[
     help="Shuffle snapshots with equal sort keys on every request, as the real API may.",
 )
 @click.option(
+    "--legacy-filters",
+    is_flag=True,
+    help="Answer 400 to the list filters desktop_ids, desktop_names and snapshot_names, as an "
+    "older API version does.",
+)
+@click.option(
     "--auth-token",
     default=auth.DEFAULT_AUTH_TOKEN,
     show_default=True,
@@ -131,6 +137,7 @@ def simulate(
     tick_seconds: float,
     change_rate: float,
     unstable_ties: bool,
+    legacy_filters: bool,
     auth_token: str,
     access_key: str,
     secret_key: str,
@@ -157,6 +164,7 @@ def simulate(
         tick_seconds=tick_seconds,
         change_rate=change_rate,
         unstable_ties=unstable_ties,
+        legacy_filters=legacy_filters,
         auth_token=auth_token,
         access_key=access_key,
         secret_key=secret_key,

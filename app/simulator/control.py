@@ -94,7 +94,7 @@ class SimulatorControl:
     async def set_faults(self, **changes: Any) -> dict[str, Any]:
         """Change fault options (fault_429, fault_500, fault_502_html, latency,
         latency_per_item, forbidden_projects, iam_projects_status) and/or unstable_ties,
-        change_rate; returns the current ones."""
+        change_rate, legacy_filters (400 to the list filters); returns the current ones."""
         current: dict[str, Any] = await self._call("POST", "/faults", changes)
         return current
 

@@ -234,15 +234,19 @@ async def _sim_tick(request: web.Request, state: SimulatorState) -> web.StreamRe
 
 @_control
 async def _sim_faults(request: web.Request, state: SimulatorState) -> web.StreamResponse:
-    """POST /_sim/faults: change any fault option, plus `unstable_ties` and `change_rate`."""
+    """POST /_sim/faults: change any fault option, plus `unstable_ties`, `change_rate` and
+    `legacy_filters` (answer 400 to the list filters, as an older API version)."""
     body = await _json_body(request)
     if not isinstance(body, dict):
         raise _BadControlRequest(400, "the body must be an object")
     changes = dict(body)
     unstable = changes.pop("unstable_ties", None)
     change_rate = changes.pop("change_rate", None)
+    legacy = changes.pop("legacy_filters", None)
     if unstable is not None and not isinstance(unstable, bool):
         raise _BadControlRequest(400, "unstable_ties must be true or false")
+    if legacy is not None and not isinstance(legacy, bool):
+        raise _BadControlRequest(400, "legacy_filters must be true or false")
     if change_rate is not None and (
         isinstance(change_rate, bool)
         or not isinstance(change_rate, int | float)
@@ -252,12 +256,15 @@ async def _sim_faults(request: web.Request, state: SimulatorState) -> web.Stream
     state.faults = state.faults.updated(changes)
     if unstable is not None:
         state.unstable_ties = unstable
+    if legacy is not None:
+        state.legacy_filters = legacy
     if change_rate is not None:
         state.population.change_rate = float(change_rate)
     return gateway.json_response(
         {
             **state.faults.as_dict(),
             "unstable_ties": state.unstable_ties,
+            "legacy_filters": state.legacy_filters,
             "change_rate": state.population.change_rate,
         }
     )

@@ -102,11 +102,13 @@ class SnapshotQuery:
         )
 
 
-def parse_query(pairs: Iterable[tuple[str, str]]) -> SnapshotQuery:
+def parse_query(pairs: Iterable[tuple[str, str]], *, list_filters: bool = True) -> SnapshotQuery:
     """Parse the (already percent-decoded) query pairs; raises QueryError.
 
     Unknown keys are ignored, as the API gateway does. A single-valued key given twice is an
-    error rather than a guess at which value was meant.
+    error rather than a guess at which value was meant. Without `list_filters` the query is
+    answered as an older API version that refuses the list filters (`desktop_ids`,
+    `desktop_names`, `snapshot_names`) with 400.
     """
     single: dict[str, str] = {}
     lists: dict[str, list[str]] = {}
@@ -116,6 +118,8 @@ def parse_query(pairs: Iterable[tuple[str, str]]) -> SnapshotQuery:
                 raise QueryError(key, "given more than once")
             single[key] = value
         elif key in _LIST_KEYS:
+            if not list_filters:
+                raise QueryError(key, "is not supported by this API version")
             lists.setdefault(key, []).append(value)
 
     for key, value in (*single.items(), *((k, v) for k, vs in lists.items() for v in vs)):

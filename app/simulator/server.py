@@ -103,7 +103,7 @@ async def _list_snapshots(request: web.Request) -> web.StreamResponse:
             403, CODE_FORBIDDEN_PROJECT, f"No operation permissions on project {project_id}"
         )
     try:
-        parsed = query.parse_query(request.query.items())
+        parsed = query.parse_query(request.query.items(), list_filters=not state.legacy_filters)
     except query.QueryError as exc:
         return error_response(400, CODE_INVALID_PARAMETER, str(exc))
     page = state.selector.select(

@@ -32,6 +32,9 @@ class SimulatorOptions:
     tick_seconds: float = 1.0
     change_rate: float = 0.002
     unstable_ties: bool = False
+    # Answer as an older API version: 400 to the list filters desktop_ids, desktop_names and
+    # snapshot_names.
+    legacy_filters: bool = False
     auth_token: str | None = auth.DEFAULT_AUTH_TOKEN
     access_key: str | None = auth.DEFAULT_ACCESS_KEY
     secret_key: str | None = auth.DEFAULT_SECRET_KEY
@@ -151,6 +154,7 @@ class SimulatorState:
         self.selector = query.Selector(population)
         self.faults = options.initial_faults()
         self.unstable_ties = options.unstable_ties
+        self.legacy_filters = options.legacy_filters
         self.auth = options.auth_config()
         self.tokens = auth.TokenStore(ttl=timedelta(seconds=options.token_ttl))
         self.raw_pages: dict[str, deque[RawPage]] = {}
@@ -187,6 +191,7 @@ class SimulatorState:
             "control_requests": self.stats.control_requests,
             "faults": self.faults.as_dict(),
             "unstable_ties": self.unstable_ties,
+            "legacy_filters": self.legacy_filters,
             "change_rate": self.population.change_rate,
             "ticks": self.population.ticks,
             "simulated_time": model.format_time(self.population.now.timestamp()),

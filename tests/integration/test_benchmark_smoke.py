@@ -27,6 +27,7 @@ REPORTING = REPO / "benchmarks" / "reporting.py"
 PHASES = (
     "bare fetch + JSON decode",
     "COPY ceiling (unlogged, no index)",
+    "COPY, logged + indexes, records + history",
     "naive ORM merge (extrapolated from",
     "snapsync initial sync",
     "snapsync unchanged resync",
@@ -39,6 +40,8 @@ RATIOS = (
     "change / bare fetch",
     "snapsync initial rate / naive rate",
     "peak RSS of snapsync sync, MB",
+    "initial / (bare fetch + logged COPY of records and history)",
+    "change resync: API requests / pages read",
 )
 
 
@@ -85,6 +88,7 @@ async def test_quick_benchmark_runs_and_prints_its_tables(
     for ratio in RATIOS:
         assert ratio in stdout
     assert "rows written (pg_stat_user_tables deltas" in stdout
+    assert "API requests per sync" in stdout
     # The syncs did what the change says: the snapshots were stored, changed and deleted.
     payload = json.loads(results.read_text())
     assert payload["total"] == 4000

@@ -84,3 +84,37 @@ def test_rows_no_listing_can_find_count_only_after_a_listing_that_did_not_shift(
     plan = plan_rechecks([("s1", None, None), ("s2", "d1", None)])
     assert decide(plan, [set()], trusted=True) == ["s1", "s2"]
     assert decide(plan, [set()], trusted=False) == ["s2"]
+
+
+def test_desktops_are_batched_while_their_answer_fits_one_page_and_the_url_stays_short() -> None:
+    from app.deletion import batch_rechecks, group_filters
+
+    keys = [("s1", "d1", None), ("s2", "d2", None), ("s3", None, "n3"), ("s4", "d3", None)]
+    plan = plan_rechecks(keys)
+    # d1 and d2 fit together (400 + 500); d3 (100) would make 1000 > 950: a new request.
+    groups = batch_rechecks(plan.queries, {"d1": 400, "d2": 500, "d3": 100})
+    assert groups == [[0, 1], [3], [2]]
+    assert group_filters(plan.queries, groups[0]) == [("desktop_ids", "d1"), ("desktop_ids", "d2")]
+    assert group_filters(plan.queries, groups[1]) == [("desktop_id", "d3")]
+    assert group_filters(plan.queries, groups[2]) == [("snapshot_name", "n3")]
+    # Unknown sizes count the missing ids; a desktop bigger than a page goes alone.
+    assert batch_rechecks(plan.queries, {}) == [[0, 1, 3], [2]]
+    assert batch_rechecks(plan.queries, {"d2": 5000}) == [[0], [1], [3], [2]]
+    # The URL budget: each pair costs "&desktop_ids=" and the quoted id.
+    many = plan_rechecks([(f"s{i}", f"desk/{i:04d}", None) for i in range(100)])
+    pair = len("&desktop_ids=") + len("desk%2F0000")
+    groups = batch_rechecks(many.queries, {}, url_bytes=10 * pair)
+    assert [len(g) for g in groups] == [10] * 10
+    assert sorted(i for g in groups for i in g) == list(range(100))
+
+
+def test_a_batch_proves_absence_for_every_desktop_it_covered() -> None:
+    from app.deletion import batch_rechecks
+
+    plan = plan_rechecks([("s1", "d1", None), ("s2", "d2", None), ("s3", "d3", None)])
+    assert batch_rechecks(plan.queries, {}) == [[0, 1, 2]]
+    # One complete page for the batch shows s2: the same set stands for each desktop.
+    shown = {"s2"}
+    assert decide(plan, [shown, shown, shown], trusted=False) == ["s1", "s3"]
+    # A batch that failed proves nothing for any of its desktops.
+    assert decide(plan, [None, None, None], trusted=True) == []
