@@ -295,7 +295,7 @@ def status(as_json: bool, project_ids: tuple[str, ...]) -> None:
 @click.option("--dry-run", is_flag=True, help="Count what would be removed; remove nothing.")
 def prune(dry_run: bool) -> None:
     """Apply the retention settings now (old runs, long-deleted snapshots)."""
-    from app import db, retention, store
+    from app import coverage, db, retention, store
 
     with reported_errors():
         settings = load()
@@ -307,7 +307,7 @@ def prune(dry_run: bool) -> None:
                 try:
                     with store.database_errors():
                         return await retention.prune(
-                            engine, policy, refresh=store.refresh_coverage, dry_run=dry_run
+                            engine, policy, refresh=coverage.refresh, dry_run=dry_run
                         )
                 except errors.DatabaseError as exc:
                     fail(f"prune failed: {exc}", EXIT_FAILED)

@@ -314,7 +314,7 @@ class SnapshotDesktop(Base):
     project_id: Mapped[str] = mapped_column(Text, primary_key=True)
     desktop_id: Mapped[str] = mapped_column(Text, primary_key=True)
     # What desktop_snapshot_coverage reads, recomputed from the desktop's snapshot rows by
-    # the statements that change them (app/store.py refresh_coverage; 0006).
+    # the statements that change them (app/coverage.py refresh; 0006).
     live_snapshots: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     listed_last_seen_at: Mapped[datetime | None] = mapped_column(TZ)
     listed_newest_id: Mapped[str | None] = mapped_column(Text)

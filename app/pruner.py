@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from app import dbwatch, errors, lifecycle, retention, store
+from app import coverage, dbwatch, errors, lifecycle, retention, store
 
 log = logging.getLogger("app.daemon")
 
@@ -52,7 +52,7 @@ class Pruner:
                     await retention.prune(
                         engine,
                         self._policy(),
-                        refresh=store.refresh_coverage,
+                        refresh=coverage.refresh,
                         stopping=lambda: tasks.stopping,
                     )
             except errors.DatabaseError as exc:

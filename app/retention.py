@@ -217,7 +217,7 @@ async def prune(
 ) -> Outcome:
     """Apply the policy in batches until nothing is left to remove (or `stopping()`).
 
-    `refresh` is app.store.refresh_coverage (passed in: app.store imports what imports this
+    `refresh` is app.coverage.refresh (passed in: app.store imports what imports this
     module): the desktops of the snapshots a batch removed get their coverage recomputed in the
     batch's transaction."""
     now = now or datetime.now(UTC)

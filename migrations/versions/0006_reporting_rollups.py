@@ -10,7 +10,7 @@ Create Date: 2026-12-01
   newest live missed row; the newest deleted or missed row; the newest successful live snapshot
   of each disk and the failed creations since. The statements that change snapshot rows (the
   page upsert, the deletion update, retention's prune) recompute the rows of the desktops they
-  touched in the same transaction (app/store.py `refresh_coverage`).
+  touched in the same transaction (app/coverage.py `refresh`).
 - `ix_snapshot_status_history_creations_ended`: creations seen in flight that succeeded, by
   their end (`left_by`), with `project_id` and `create_time`; the Grafana creation-time panel
   reads it index-only, one hour of the range at a time (no sort of the whole range).
@@ -78,7 +78,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("data_disk_failed_since", "bigint NOT NULL DEFAULT 0"),
 )
 
-# app/store.py's REFRESH_COVERAGE as of this revision (a migration keeps its own copy).
+# app/coverage.py's REFRESH_COVERAGE as of this revision (a migration keeps its own copy).
 REFRESH = sa.text(
     """
 UPDATE snapshot_desktops AS k SET

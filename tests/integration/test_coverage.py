@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from app import db, retention, store
+from app import coverage, db, retention, store
 
 from ..conftest import _asyncpg_dsn
 from .test_history_closing import migration_module
@@ -51,7 +51,7 @@ async def assert_coverage_is_exact(conn: asyncpg.Connection) -> int:
             "UPDATE snapshot_desktops SET live_snapshots = -1, gone_snapshot_id = 'x', "
             "system_disk_failed_since = -1, listed_first_id = 'x'"
         )
-        await conn.execute(store.FILL_COVERAGE)
+        await conn.execute(coverage.FILL_COVERAGE)
         filled = [
             tuple(r) for r in await conn.fetch("SELECT * FROM snapshot_desktops ORDER BY 1, 2")
         ]
@@ -137,7 +137,7 @@ async def _refresh_all(url: str) -> int:
                     "SELECT project_id, desktop_id FROM snapshot_desktops"
                 )
             ).all()
-            return await store.refresh_coverage(sa_conn, [(p, d) for p, d in keys])
+            return await coverage.refresh(sa_conn, [(p, d) for p, d in keys])
     finally:
         await engine.dispose()
 
@@ -152,7 +152,7 @@ async def test_refresh_and_view_match_the_lookups_on_ties_misses_and_nulls(
     finally:
         await engine.dispose()
     await conn.execute(POPULATE)
-    await conn.execute(store.FILL_DESKTOPS)
+    await conn.execute(coverage.FILL_DESKTOPS)
     desktops = await conn.fetchval("SELECT count(*) FROM snapshot_desktops")
     assert await _refresh_all(url) == desktops > 50
     rows = await assert_coverage_is_exact(conn)
@@ -178,7 +178,7 @@ async def test_refresh_and_view_match_the_lookups_on_ties_misses_and_nulls(
         outcome = await retention.prune(
             engine,
             retention.Policy(runs_days=None, deleted_days=4, batch_size=7, pause=0),
-            refresh=store.refresh_coverage,
+            refresh=coverage.refresh,
             now=datetime.now(UTC) + timedelta(minutes=1),
         )
     finally:
