@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import random
@@ -28,8 +29,16 @@ def _with_token(
 ) -> PreparedRequest:
     query = signing.canonical_query(params)
     return PreparedRequest(
-        url=f"{url}?{query}" if query else url, headers={**headers, "X-Auth-Token": token}
+        url=f"{url}?{query}" if query else url,
+        headers={**headers, "X-Auth-Token": token},
+        credential=credential_of(token),
     )
+
+
+def credential_of(token: str) -> str:
+    """What identifies a token in a request's record (PreparedRequest, ApiError.sent_with)
+    without being the secret."""
+    return hashlib.blake2b(token.encode(), digest_size=8).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,8 @@ class PreparedRequest:
 
     url: str
     headers: dict[str, str]
+    # Which token the request carries (a digest, not the token): a 401 drops that token only.
+    credential: str | None = None
 
 
 class Authenticator(Protocol):
@@ -64,8 +75,11 @@ class Authenticator(Protocol):
         the projects the credentials reach)."""
         ...
 
-    async def unauthorized(self, *, project_id: str, region: str) -> bool:
-        """The API answered 401; return True when fresh credentials make a retry worthwhile."""
+    async def unauthorized(
+        self, *, project_id: str, region: str, credential: str | None = None
+    ) -> bool:
+        """The API answered 401 to a request sent with `credential` (PreparedRequest's); return
+        True when fresh credentials make a retry worthwhile."""
         ...
 
     async def account_unauthorized(self) -> bool:
@@ -104,7 +118,9 @@ class TokenAuth:
     ) -> PreparedRequest:
         return _with_token(url, params, headers, self._token)
 
-    async def unauthorized(self, *, project_id: str, region: str) -> bool:
+    async def unauthorized(
+        self, *, project_id: str, region: str, credential: str | None = None
+    ) -> bool:
         return False  # a static token does not get better by asking again
 
     async def account_unauthorized(self) -> bool:
@@ -165,7 +181,9 @@ class AkSkAuth:
         )
         return PreparedRequest(url=signed.url, headers=dict(signed.headers))
 
-    async def unauthorized(self, *, project_id: str, region: str) -> bool:
+    async def unauthorized(
+        self, *, project_id: str, region: str, credential: str | None = None
+    ) -> bool:
         return False  # a rejected signature stays rejected: the keys or the clock are wrong
 
     async def account_unauthorized(self) -> bool:
@@ -238,8 +256,16 @@ class IamPasswordAuth:
         self._tokens.pop(_ACCOUNT, None)
         return True
 
-    async def unauthorized(self, *, project_id: str, region: str) -> bool:
-        self._tokens.pop(project_id, None)
+    async def unauthorized(
+        self, *, project_id: str, region: str, credential: str | None = None
+    ) -> bool:
+        # Requests in flight together meet the revocation together: only the first 401 of a
+        # token drops it, the others retry with the token that request's login brought.
+        current = self._tokens.get(project_id)
+        if current is not None and (
+            credential is None or credential == credential_of(current.value)
+        ):
+            del self._tokens[project_id]
         return True
 
     async def close(self) -> None:

@@ -149,7 +149,9 @@ class WorkspaceClient:
                 if exc.status == 401 and not relogged:
                     relogged = True
                     if await self._auth.unauthorized(
-                        project_id=project.project_id, region=project.region
+                        project_id=project.project_id,
+                        region=project.region,
+                        credential=exc.sent_with,
                     ):
                         continue
                 if not exc.transient or attempt >= self._settings.max_retries:
@@ -258,9 +260,11 @@ class WorkspaceClient:
         elif 200 <= status < 300:
             self.limiter.succeeded()
         if not 200 <= status < 300:
-            raise errors.ApiError.from_response(
+            error = errors.ApiError.from_response(
                 project.project_id, status, raw, content_type, request_id, retry_after
             )
+            error.sent_with = prepared.credential
+            raise error
         try:
             payload, exact = decode_json_fast(raw)
         except UnicodeDecodeError as exc:

@@ -46,6 +46,8 @@ class ApiError(ProjectError):
         self.error_msg = error_msg
         self.request_id = request_id
         self.detail = detail
+        # The credential of the request that got this answer (app/auth.py PreparedRequest).
+        self.sent_with: str | None = None
         super().__init__(self._describe())
 
     @classmethod

@@ -774,14 +774,13 @@ def dashboard_targets() -> list[dict[str, Any]]:
 
 
 def grafana_sql(sql: str, project_ids: list[str]) -> str:
-    """The query as Grafana would send it, for the last 24 hours and every project."""
-    sql = re.sub(
-        r"\$__timeFilter\(([^)]+)\)",
-        r"\1 BETWEEN now() - interval '24 hours' AND now()",
-        sql,
-    )
-    sql = sql.replace("$__timeFrom()", "'" + api_time(datetime.now(UTC) - timedelta(days=1)) + "'")
-    sql = sql.replace("$__timeTo()", "'" + api_time(datetime.now(UTC)) + "'")
+    """The query as Grafana would send it, for the last 24 hours and every project: like
+    Grafana, every macro of one query gets the same two instants, as literals."""
+    now = datetime.now(UTC)
+    start, end = f"'{(now - timedelta(days=1)).isoformat()}'", f"'{now.isoformat()}'"
+    sql = re.sub(r"\$__timeFilter\(([^)]+)\)", rf"\1 BETWEEN {start} AND {end}", sql)
+    sql = sql.replace("$__timeFrom()", start)
+    sql = sql.replace("$__timeTo()", end)
     sql = sql.replace("$project", ", ".join(f"'{p}'" for p in project_ids))
     assert "$" not in sql, sql
     return sql
