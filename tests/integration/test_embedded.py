@@ -30,9 +30,13 @@ REPO = Path(__file__).resolve().parents[2]
 # file first, so that several children start at the same moment.
 CHILD = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     from pathlib import Path
     from app import embedded
+
+    # Ctrl-C as in a terminal, even when the suite runs as a background job (which starts with
+    # SIGINT ignored, and a child inherits that).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     data_dir, go = Path(sys.argv[1]), sys.argv[2]
     while go != "-" and not Path(go).exists():
