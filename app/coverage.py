@@ -123,13 +123,22 @@ FOR UPDATE OF k
 """
 )
 
+
 # The same facts for every desktop at once, set-based (for a database filled without the sync:
-# benchmarks/reporting.py runs BACKFILL_STATEMENTS after its bulk inserts, without indexes).
-FILL_COVERAGE = f"""
+# benchmarks/reporting.py runs BACKFILL_STATEMENTS after its bulk inserts, without indexes), or
+# for one project's desktops (`scope`: a project's first sync fills its coverage once, at the end
+# of the listing, instead of recomputing each desktop on every page that holds one of its rows;
+# app/sync.py).
+def _fill(one_project: bool = False) -> str:
+    def only(alias: str) -> str:
+        return f" AND {alias}.project_id = :project_id" if one_project else ""
+
+    desktops = "WHERE d.project_id = :project_id" if one_project else ""
+    return f"""
 WITH live AS (
     SELECT r.project_id, r.desktop_id, {COVERAGE_LIVE}
     FROM snapshot_records AS r
-    WHERE r.deleted_at IS NULL AND r.desktop_id IS NOT NULL
+    WHERE r.deleted_at IS NULL AND r.desktop_id IS NOT NULL{only("r")}
     GROUP BY r.project_id, r.desktop_id
 ),
 gone AS (
@@ -137,14 +146,15 @@ gone AS (
            r.project_id, r.desktop_id, r.last_seen_at AS gone_last_seen_at,
            r.snapshot_id AS gone_snapshot_id, r.desktop_name AS gone_desktop_name
     FROM snapshot_records AS r
-    WHERE (r.deleted_at IS NOT NULL OR r.missed_listings > 0) AND r.desktop_id IS NOT NULL
+    WHERE (r.deleted_at IS NOT NULL OR r.missed_listings > 0)
+      AND r.desktop_id IS NOT NULL{only("r")}
     ORDER BY r.project_id, r.desktop_id, r.last_seen_at DESC, r.snapshot_id
 ),
 failed AS (
     SELECT f.project_id, f.desktop_id, {COVERAGE_FAILED}
     FROM snapshot_records AS f
     LEFT JOIN live AS l ON l.project_id = f.project_id AND l.desktop_id = f.desktop_id
-    WHERE f.status = 'create_failed' AND f.desktop_id IS NOT NULL
+    WHERE f.status = 'create_failed' AND f.desktop_id IS NOT NULL{only("f")}
     GROUP BY f.project_id, f.desktop_id
 )
 UPDATE snapshot_desktops AS k SET
@@ -162,9 +172,18 @@ FROM (
     LEFT JOIN live AS l ON l.project_id = d.project_id AND l.desktop_id = d.desktop_id
     LEFT JOIN gone AS g ON g.project_id = d.project_id AND g.desktop_id = d.desktop_id
     LEFT JOIN failed AS n ON n.project_id = d.project_id AND n.desktop_id = d.desktop_id
+    {desktops}
 ) AS c
 WHERE k.project_id = c.project_id AND k.desktop_id = c.desktop_id
 """
+
+
+FILL_COVERAGE = _fill()
+FILL_PROJECT_COVERAGE = text(_fill(one_project=True))
+LOCK_PROJECT_COVERAGE = text(
+    "SELECT 1 FROM snapshot_desktops WHERE project_id = :project_id "
+    "ORDER BY project_id, desktop_id FOR UPDATE"
+)
 
 FILL_DESKTOPS = """
 INSERT INTO snapshot_desktops (project_id, desktop_id)
@@ -186,3 +205,11 @@ async def refresh(conn: AsyncConnection, desktops: Sequence[tuple[str, str | Non
     params = {"project_ids": [p for p, _ in keys], "desktop_ids": [d for _, d in keys]}
     await conn.execute(LOCK_COVERAGE, params)
     return int((await conn.execute(REFRESH_COVERAGE, params)).rowcount)
+
+
+async def fill_project(conn: AsyncConnection, project_id: str) -> int:
+    """Recompute the snapshot_desktops rows of every desktop of the project, set-based, in the
+    caller's transaction (rows locked in key order first, as `refresh` does); returns how many
+    rows were rewritten."""
+    await conn.execute(LOCK_PROJECT_COVERAGE, {"project_id": project_id})
+    return int((await conn.execute(FILL_PROJECT_COVERAGE, {"project_id": project_id})).rowcount)

@@ -47,7 +47,9 @@ def make_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
         pool_recycle=1800,
         connect_args={
             # UTC: a time the API sends without an offset is read as UTC (store.UPSERT_PAGE).
-            "server_settings": {"application_name": "snapsync", "timezone": "UTC"},
+            # No JIT: every statement reads by index, and compiling a plan costs more than it
+            # saves (migration 0008 sets the same for the database's other sessions).
+            "server_settings": {"application_name": "snapsync", "timezone": "UTC", "jit": "off"},
             "timeout": 10,
         },
     )

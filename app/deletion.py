@@ -193,9 +193,12 @@ async def cleanup(run: runs.Run, listing: Listing, *, started_at: datetime) -> N
                 last_listing_at=run.known.last_listing_at,
                 threshold=run.resources.settings.delete_after_misses,
                 snapshot_ids=confirmed,
+                refresh_coverage=not run.defer_coverage,
             )
             run.counts.deleted += deleted
             run.counts.transitions += deleted
+        # With the listing it completes, so a project with a complete listing has its coverage.
+        await run.fill_coverage(conn)
         await store.record_complete_listing(
             conn,
             project_id=pid,

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import client as client_module
-from app import errors, items, store
+from app import coverage, errors, items, store
 from app import settings as settings_module
 
 # The lines of a sync keep the logger name operators filter on.
@@ -137,6 +137,11 @@ class Run:
     counts: RunCounts = field(default_factory=RunCounts)
     stats: client_module.RequestStats = field(default_factory=client_module.RequestStats)
     gate: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # A first sync (the project never had a complete listing) leaves the coverage rows of the
+    # desktops it writes to one set-based fill at its end (fill_coverage), instead of
+    # recomputing a desktop on each page that holds one of its snapshots: in a first sync that
+    # is every page, and most of PostgreSQL's work.
+    defer_coverage: bool = False
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -207,6 +212,7 @@ class Run:
                     snapshots=changed,
                     absent=known.no_deleted_rows
                     and not any(s.snapshot_id in known.hashes for s in changed),
+                    refresh_coverage=not self.defer_coverage,
                 )
         except store.DataRefused as exc:
             if len(changed) > 1:
@@ -225,6 +231,14 @@ class Run:
         counts.unchanged += len(changed) - got.inserted - got.updated
         for snapshot in changed:
             known.hashes[snapshot.snapshot_id] = snapshot.content_hash
+
+    async def fill_coverage(self, conn: AsyncConnection) -> None:
+        """The deferred coverage of a first sync, in the caller's transaction (on the lock's
+        connection): every desktop of the project, so whatever the run wrote is covered."""
+        if self.defer_coverage:
+            filled = await coverage.fill_project(conn, self.project.project_id)
+            log.debug("filled the coverage of %d desktop(s)", filled)
+            self.defer_coverage = False
 
     async def finish(self, status: str, error: str | None, *, count_requests: bool = True) -> None:
         """Close the run's row; if the database cannot, the next sync marks the run abandoned."""

@@ -369,9 +369,11 @@ async def upsert_snapshots(
     last_listing_at: datetime | None,
     snapshots: Sequence[items.Snapshot],
     absent: bool = False,
+    refresh_coverage: bool = True,
 ) -> UpsertCounts:
     """Write new and changed snapshots and the history of their status changes, in one statement,
-    then the coverage rows of their desktops (coverage.refresh).
+    then the coverage rows of their desktops (coverage.refresh; unless `refresh_coverage` is
+    false: a project's first sync fills them once, coverage.fill_project).
 
     The caller holds the project's lock, so `old` (read in the same statement) is the truth
     about the previous state. `absent`: the caller knows that none of the snapshots is stored
@@ -394,7 +396,8 @@ async def upsert_snapshots(
             },
         )
     ).one()
-    await coverage.refresh(conn, [(project_id, d) for d in row.desktops])
+    if refresh_coverage:
+        await coverage.refresh(conn, [(project_id, d) for d in row.desktops])
     return UpsertCounts(inserted=row.inserted, updated=row.updated, transitions=row.transitions)
 
 
@@ -407,6 +410,7 @@ async def mark_missing(
     last_listing_at: datetime | None,
     threshold: int,
     snapshot_ids: Sequence[str],
+    refresh_coverage: bool = True,
 ) -> tuple[int, int]:
     """Count one more complete listing without these snapshots; delete those at the threshold.
 
@@ -427,7 +431,8 @@ async def mark_missing(
             },
         )
     ).one()
-    await coverage.refresh(conn, [(project_id, d) for d in row.desktops])
+    if refresh_coverage:
+        await coverage.refresh(conn, [(project_id, d) for d in row.desktops])
     return int(row.missed), int(row.deleted)
 
 

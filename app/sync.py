@@ -117,6 +117,8 @@ class Syncer:
             except Exception as exc:
                 log.exception("unexpected error")
                 result.error = f"unexpected {type(exc).__name__}: {exc}"
+            if run.defer_coverage:
+                await self._fill_coverage(run)
             result.retries = run.stats.retries
             status = "failed" if result.error else "succeeded"
             await run.finish(status, result.error)
@@ -140,10 +142,20 @@ class Syncer:
                 run.stats.retries,
             )
 
+    async def _fill_coverage(self, run: runs.Run) -> None:
+        """A first sync that ended before its cleanup still covers the desktops it wrote; if the
+        database refuses now, the next sync of the project (a first sync again) does."""
+        try:
+            async with run.transaction() as conn:
+                await run.fill_coverage(conn)
+        except errors.DatabaseError as exc:
+            log.warning("could not fill the coverage of the desktops written: %s", exc)
+
     async def _sync(self, run: runs.Run, listing_started: datetime) -> None:
         """get → transform → load, page by page; then the cleanup (the deletion rule)."""
         async with run.transaction() as conn:
             run.known = await store.load_known_state(conn, run.project.project_id)
+        run.defer_coverage = run.known.last_listing_at is None
         listing = deletion.Listing(run.known.hashes)
         async with contextlib.aclosing(self._get(run, listing)) as pages:
             async for page in pages:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
 
 from alembic import context
 from sqlalchemy import pool, text
@@ -42,9 +46,33 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+log = logging.getLogger("snapsync.migrate")
+
+
+def _forward_server_warning(_conn: Any, message: Any) -> None:
+    severity = getattr(message, "severity_en", None) or getattr(message, "severity", "")
+    level = logging.WARNING if severity == "WARNING" else logging.DEBUG
+    log.log(level, "%s", message.message)
+
+
+@contextlib.contextmanager
+def server_warnings_logged(connection: Connection) -> Iterator[None]:
+    """What a migration RAISEs as a WARNING (a right it lacks, what an administrator should run)
+    goes to snapsync's log: asyncpg drops notices that no listener takes."""
+    raw = getattr(connection.connection, "driver_connection", None)
+    if raw is None or not hasattr(raw, "add_log_listener"):
+        yield
+        return
+    raw.add_log_listener(_forward_server_warning)
+    try:
+        yield
+    finally:
+        raw.remove_log_listener(_forward_server_warning)
+
+
 def do_run_migrations(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata)
-    with context.begin_transaction():
+    with server_warnings_logged(connection), context.begin_transaction():
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         context.run_migrations()
 

@@ -6,8 +6,11 @@ prune, and across the migration (backfilled in batches, downgraded)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -15,7 +18,9 @@ import pytest
 from app import coverage, db, retention, store
 
 from ..conftest import _asyncpg_dsn
+from .simulated import serve
 from .test_history_closing import migration_module
+from .test_reliability import in_process, start_sync_process
 from .test_reporting import Scenario, scenario  # noqa: F401 - the scripted simulator run
 
 OLD_VIEW_PREFIX = "CREATE OR REPLACE VIEW desktop_snapshot_coverage AS"
@@ -236,3 +241,63 @@ async def test_migration_backfills_the_coverage_in_batches_and_downgrades(
         assert await answers(conn, "SELECT * FROM desktop_snapshot_coverage") == at_0005
     finally:
         await engine.dispose()
+
+
+# ---- a first sync fills its coverage once --------------------------------------------------
+
+
+async def _wait_for_rows(sql: asyncpg.Connection, more_than: int) -> int:
+    for _ in range(600):
+        n = int(await sql.fetchval("SELECT count(*) FROM snapshot_records"))
+        if n > more_than:
+            return n
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no more than {more_than} rows were written")
+
+
+async def test_a_first_sync_cut_short_still_covers_what_it_wrote(
+    database_url: str, sql: asyncpg.Connection, workdir: Path
+) -> None:
+    """A first sync defers the desktops' coverage to one fill at its end: a first sync that
+    fails covers what it wrote on the way out; one that is killed leaves it to the next sync,
+    which is a first sync again (no complete listing yet)."""
+    async with serve(projects=1, snapshots=400, seed=7, latency=0.4) as sim:
+        (project,) = sim.project_ids
+        async with in_process(sim, database_url, page_size=50, max_retries=0) as normal:
+            # 1. The API fails after some pages: the run fails, its rows are covered.
+            task = asyncio.create_task(normal.sync_all())
+            written = await _wait_for_rows(sql, 0)
+            await sim.control("POST", "/_sim/faults", {"fault_500": 1.0})
+            (failed,) = await task
+            assert failed.status == "failed", failed.summary()
+            assert await sql.fetchval(
+                "SELECT last_listing_at IS NULL FROM projects WHERE project_id = $1", project
+            )
+            written = int(await sql.fetchval("SELECT count(*) FROM snapshot_records"))
+            assert 0 < written < 400
+            assert await assert_coverage_is_exact(sql) > 0
+            await sim.control("POST", "/_sim/faults", {"fault_500": 0.0})
+
+            # 2. Killed after writing more: those desktops wait for the next sync.
+            env = {**sim.env(SNAPSYNC_PAGE_SIZE="50"), "SNAPSYNC_DATABASE_URL": database_url}
+            proc = await start_sync_process(env, workdir)
+            try:
+                await _wait_for_rows(sql, written)
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.communicate()
+            with pytest.raises(AssertionError):
+                await assert_coverage_is_exact(sql)
+
+            # 3. The next sync completes the listing, and with it the coverage.
+            (done,) = await normal.sync_all()
+            assert done.status == "succeeded", done.summary()
+            assert await assert_coverage_is_exact(sql) > 0
+            assert int(await sql.fetchval("SELECT count(*) FROM snapshot_records")) == 400
+
+            # 4. A resync is no first sync: each page's desktops are refreshed as it is written.
+            sim.population.tick(3)
+            (again,) = await normal.sync_all()
+            assert again.status == "succeeded", again.summary()
+            assert await assert_coverage_is_exact(sql) > 0
