@@ -5,6 +5,7 @@ history, and the migration's backfill writes that recount (again and again)."""
 from __future__ import annotations
 
 import runpy
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -15,6 +16,7 @@ from ..conftest import run_cli
 from .simulated import serve
 from .test_daemon import env_for
 from .test_retention import KEEP, age, populate
+from .test_rollup_queries import assert_same_answers, edges
 
 HOURS = (
     "SELECT project_id, hour, status, entered, exited, periods, min_periods, min_seconds, "
@@ -68,11 +70,12 @@ async def test_the_sync_keeps_the_rollup_through_churn_and_the_prune(
             "SELECT count(*) FROM snapshot_status_history WHERE to_status = 'deleted'"
         )
         assert reappeared >= 4
-        # Spread the history over several hours, as days of syncs would (the recount follows).
+        # Spread the history over several hours, as days of syncs would (the recount follows);
+        # a snapshot's rows move together, so its periods keep their order.
         await sql.execute(
             "UPDATE snapshot_status_history SET observed_at = observed_at - make_interval("
-            "hours => (id % 5)::int), previous_observed_at = previous_observed_at - "
-            "make_interval(hours => (id % 5)::int + 1)"
+            "hours => abs(hashtext(snapshot_id)) % 5), previous_observed_at = "
+            "previous_observed_at - make_interval(hours => abs(hashtext(snapshot_id)) % 5)"
         )
         await sql.execute(
             "UPDATE snapshot_status_history AS c SET left_by = n.observed_at, "
@@ -89,6 +92,9 @@ async def test_the_sync_keeps_the_rollup_through_churn_and_the_prune(
         assert pruned.code == 0, pruned.output
         assert "removed 2 snapshot(s)" in pruned.stdout
         await assert_rollup_recounts(sql)
+        # The rewritten queries still answer as the old ones over the history left.
+        nows, ranges = edges(datetime.now(UTC))
+        assert await assert_same_answers(sql, nows=nows, ranges=ranges, projects=sim.project_ids)
         # Rows the prune left at zero went; none is left at zero.
         assert await sql.fetchval("SELECT count(*) FROM snapshot_status_hours") <= before
         assert not await sql.fetchval(
