@@ -48,7 +48,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
         connect_args={
             # UTC: a time the API sends without an offset is read as UTC (store.UPSERT_PAGE).
             # No JIT: every statement reads by index, and compiling a plan costs more than it
-            # saves (migration 0008 sets the same for the database's other sessions).
+            # saves (migration 0009 sets the same for the database's other sessions).
             "server_settings": {"application_name": "snapsync", "timezone": "UTC", "jit": "off"},
             "timeout": 10,
         },

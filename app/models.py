@@ -14,6 +14,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Numeric,
     SmallInteger,
     Text,
     text,
@@ -335,6 +336,37 @@ class SnapshotDesktop(Base):
     data_disk_failed_since: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
 
+class SnapshotStatusHour(Base):
+    """Per project, hour point and status: history rows entered and left, and the statistics of
+    the periods left, in the hour up to the point (app/rollup.py; 0008)."""
+
+    __tablename__ = "snapshot_status_hours"
+    __table_args__ = (Index("ix_snapshot_status_hours_hour", "hour"),)
+
+    project_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    hour: Mapped[datetime] = mapped_column(TZ, primary_key=True)
+    status: Mapped[str] = mapped_column(Text, primary_key=True)
+    entered: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    exited: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    periods: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    min_periods: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    min_seconds: Mapped[Any] = mapped_column(Numeric, server_default=text("0"))
+    max_seconds: Mapped[Any] = mapped_column(Numeric, server_default=text("0"))
+
+
+class SnapshotStatusChangeHour(Base):
+    """Per project, UTC hour and change: history rows observed in the hour (app/rollup.py)."""
+
+    __tablename__ = "snapshot_status_change_hours"
+    __table_args__ = (Index("ix_snapshot_status_change_hours_hour", "hour"),)
+
+    project_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    hour: Mapped[datetime] = mapped_column(TZ, primary_key=True)
+    from_status: Mapped[str] = mapped_column(Text, primary_key=True)
+    to_status: Mapped[str] = mapped_column(Text, primary_key=True)
+    changes: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+
 # What each table and column means, stored as COMMENT ON by migration 0002 (which holds the
 # same text: autogenerate compares comments, so a change here needs a migration).
 TABLE_COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
@@ -542,6 +574,49 @@ TABLE_COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
                 "On a first-sighting row (from_status NULL): the snapshot's create_time as that "
                 "sync listed it. NULL on every other row."
             ),
+        },
+    ),
+    "snapshot_status_hours": (
+        (
+            "The hourly rollup of snapshot_status_history for reporting, kept by the sync in the "
+            "statements that write history (and by retention's prune): per project, hour point "
+            "and status, what happened in the hour up to the point, (hour - 1 h, hour]. A period "
+            "counts at an hour point at when entered_by <= at < left_by."
+        ),
+        {
+            "project_id": "The snapshots' project.",
+            "hour": (
+                "The hour point: the top of a UTC hour. The row counts what happened after the "
+                "previous point and at or before this one."
+            ),
+            "status": "The history rows' to_status (snapshot_status_intervals.status).",
+            "entered": "History rows in this status whose observed_at (entered_by) is in the hour.",
+            "exited": "History rows in this status whose left_by is in the hour (closed then).",
+            "periods": (
+                "Of the rows left in the hour, those whose start snapsync saw (entered_after, "
+                "previous_observed_at, NOT NULL)."
+            ),
+            "min_periods": "Of those, the ones with a min_seconds (left_after NOT NULL).",
+            "min_seconds": (
+                "Sum of snapshot_status_intervals.min_seconds of those, exact (numeric)."
+            ),
+            "max_seconds": (
+                "Sum of snapshot_status_intervals.max_seconds of the periods, exact (numeric)."
+            ),
+        },
+    ),
+    "snapshot_status_change_hours": (
+        (
+            "The status changes of snapshot_status_history counted per project, UTC hour of "
+            "observed_at and change, kept by the sync in the statements that write history (and "
+            "by retention's prune)."
+        ),
+        {
+            "project_id": "The snapshots' project.",
+            "hour": "The UTC hour: rows observed at or after it and before the next hour.",
+            "from_status": "The rows' from_status; empty: a first sighting (from_status NULL).",
+            "to_status": "The rows' to_status.",
+            "changes": "How many history rows.",
         },
     ),
     "snapshot_desktops": (

@@ -22,6 +22,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app import rollup
+
 log = logging.getLogger("snapsync.retention")
 
 # Runs that may go: old, finished, not a project's newest nor its newest success. The keep set
@@ -66,7 +68,8 @@ RETURNING r.id
 COUNT_RUNS = text(f"SELECT count(*) FROM ({_OLD_RUNS}) AS c")
 
 # Snapshots confirmed gone before the cutoff, by ix_snapshot_records_deleted_at; their history
-# through ix_snapshot_status_history_snapshot (the LATERAL keeps it per snapshot).
+# through ix_snapshot_status_history_snapshot (the LATERAL keeps it per snapshot), and its counts
+# out of the hourly rollup (app/rollup.py UNROLL_CTES).
 _GONE = """
 SELECT r.project_id, r.snapshot_id FROM snapshot_records AS r
 WHERE r.deleted_at IS NOT NULL AND r.deleted_at < CAST(:cutoff AS timestamptz)
@@ -89,8 +92,10 @@ history AS (
             WHERE x.project_id = g.project_id AND x.snapshot_id = g.snapshot_id
         ) AS x
     ))
-    RETURNING 1
+    RETURNING h.project_id, h.from_status, h.to_status, h.observed_at, h.previous_observed_at,
+              h.left_after, h.left_by
 ),
+{rollup.UNROLL_CTES},
 records AS (
     DELETE FROM snapshot_records AS s
     USING gone AS g
@@ -100,7 +105,9 @@ records AS (
 SELECT (SELECT count(*) FROM records) AS snapshots, (SELECT count(*) FROM history) AS history,
        -- The desktops whose coverage (snapshot_desktops) the batch changes.
        ARRAY(SELECT DISTINCT ARRAY[project_id, desktop_id] FROM records
-             WHERE desktop_id IS NOT NULL) AS desktops
+             WHERE desktop_id IS NOT NULL) AS desktops,
+       -- The rollup rows the batch left at zero (rollup.DROP_EMPTIED removes them).
+       {rollup.EMPTIED} AS emptied
 """
 )
 
@@ -189,6 +196,9 @@ async def _in_batches(
             rows = (
                 await conn.execute(statement, {"cutoff": cutoff, "batch": policy.batch_size})
             ).all()
+            if history is not None:
+                # The hourly rollup keeps no rows the prune left at zero (app/rollup.py).
+                await conn.execute(rollup.DROP_EMPTIED, {"emptied": rows[0].emptied})
             if refresh is not None:
                 # In the batch's transaction: the coverage never counts a removed snapshot.
                 await refresh(conn, [(p, d) for p, d in rows[0].desktops])

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import coverage, db, errors, items
+from app import coverage, db, errors, items, rollup
 
 # Advisory lock namespaces (first key): "one sync of a project at a time" (the Syncer's), and
 # the daemon's schedule lock, held while it decides whether a project is due and syncs it.
@@ -153,6 +153,7 @@ ANNOUNCE_TRANSITIONS = """(SELECT count(*) FROM (
 # views read periods and durations from the row instead of pairing rows with a window. The
 # UPDATE sees the table as it was before the statement, so the rows just written stay open.
 # The array keeps the lookups on ix_snapshot_status_history_snapshot whatever the statistics.
+# It returns what the hourly rollup (app/rollup.py ROLLUP_CTES, which follows) counts.
 CLOSE_HISTORY = """closed AS (
     UPDATE snapshot_status_history AS c SET
         next_id = n.id,
@@ -164,6 +165,8 @@ CLOSE_HISTORY = """closed AS (
       AND c.snapshot_id = ANY(ARRAY(SELECT snapshot_id FROM history))
       AND c.snapshot_id = n.snapshot_id
       AND c.left_by IS NULL
+    RETURNING c.project_id, c.to_status, c.observed_at, c.previous_observed_at, c.left_after,
+              c.left_by
 )"""
 
 UPSERT_PAGE = text(
@@ -272,10 +275,13 @@ history AS (
     LEFT JOIN old AS o ON o.snapshot_id = u.snapshot_id
     WHERE o.snapshot_id IS NULL OR o.deleted_at IS NOT NULL OR o.status IS DISTINCT FROM u.status
     ORDER BY u.snapshot_id
-    RETURNING id, snapshot_id, from_status, to_status, observed_at, previous_observed_at
+    RETURNING id, project_id, snapshot_id, from_status, to_status, observed_at,
+              previous_observed_at
 ),
 """
     + CLOSE_HISTORY
+    + ",\n"
+    + rollup.ROLLUP_CTES
     + """,
 desktops AS (
     -- The rows of desktop_snapshot_coverage: a desktop is new when a snapshot of it is.
@@ -333,10 +339,13 @@ history AS (
     FROM missed AS m
     WHERE m.deleted_at IS NOT NULL
     ORDER BY m.snapshot_id
-    RETURNING id, snapshot_id, from_status, to_status, observed_at, previous_observed_at
+    RETURNING id, project_id, snapshot_id, from_status, to_status, observed_at,
+              previous_observed_at
 ),
 """
     + CLOSE_HISTORY
+    + ",\n"
+    + rollup.ROLLUP_CTES
     + """
 SELECT (SELECT count(*) FROM missed) AS missed, (SELECT count(*) FROM history) AS deleted,
     (SELECT COALESCE(array_agg(DISTINCT m.desktop_id), '{}') FROM missed AS m

@@ -64,7 +64,7 @@ TICKS_PER_DAY = 86_400 // TICK
 TABLES = ("projects", "sync_runs", "snapshot_status_history", "snapshot_records")
 # A migration may name SQL that derives its new columns from the base ones (a backfill): a
 # module-level sequence of plain statements, run in order after the load, before the indexes.
-BACKFILL_HOOKS = (("app.coverage", "BACKFILL_STATEMENTS"),)
+BACKFILL_HOOKS = (("app.coverage", "BACKFILL_STATEMENTS"), ("app.rollup", "BACKFILL_STATEMENTS"))
 
 
 @dataclass(frozen=True)

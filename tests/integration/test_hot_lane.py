@@ -6,6 +6,7 @@ import asyncpg
 
 from .simulated import serve
 from .test_daemon import Launch, env_for, launch, wait_for
+from .test_status_hours import assert_rollup_recounts
 
 __all__ = ["launch"]  # the fixture, imported for pytest
 
@@ -88,6 +89,8 @@ async def test_hot_lane_catches_a_finished_creation_within_seconds(
             )
             == 0
         )
+        # The hot lane's writes keep the hourly rollup as the full syncs' do.
+        await assert_rollup_recounts(sql)
         status, body = await daemon.get("/metrics")
         assert status == 200
         assert f'snapsync_hot_polls_total{{outcome="succeeded",project_id="{busy}"}}' in body

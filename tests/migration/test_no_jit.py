@@ -1,4 +1,4 @@
-"""Migration 0008: no JIT in snapsync's database, for its own sessions and every other one."""
+"""Migration 0009: no JIT in snapsync's database, for its own sessions and every other one."""
 
 from __future__ import annotations
 
@@ -32,14 +32,14 @@ async def _fetchval(url: str, sql: str) -> object:
 async def test_the_database_default_is_set_and_taken_back(empty_database_url: str) -> None:
     engine = db.make_engine(empty_database_url, pool_size=1)
     try:
-        await db.migrate(engine, "0007")
+        await db.migrate(engine, "0008")
         assert await _fetchval(empty_database_url, DATABASE_SETTINGS) == []
         assert await _fetchval(empty_database_url, "SHOW jit") == "on"  # the server's default
         await db.migrate(engine)
         assert await _fetchval(empty_database_url, DATABASE_SETTINGS) == ["jit=off"]
         # A new session of any client (Grafana, psql) starts without JIT.
         assert await _fetchval(empty_database_url, "SHOW jit") == "off"
-        await db.downgrade(engine, "0007")
+        await db.downgrade(engine, "0008")
         assert await _fetchval(empty_database_url, DATABASE_SETTINGS) == []
         assert await _fetchval(empty_database_url, "SHOW jit") == "on"
     finally:
@@ -65,7 +65,7 @@ async def test_a_role_that_may_not_alter_the_database_gets_a_warning_not_a_failu
     owner = db.make_engine(empty_database_url, pool_size=1)
     database = make_url(empty_database_url).database
     try:
-        await db.migrate(owner, "0007")
+        await db.migrate(owner, "0008")
         async with owner.begin() as conn:
             for statement in (
                 f"CREATE ROLE {role} LOGIN",
