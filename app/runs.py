@@ -138,9 +138,9 @@ class Run:
     stats: client_module.RequestStats = field(default_factory=client_module.RequestStats)
     gate: asyncio.Lock = field(default_factory=asyncio.Lock)
     # A first sync (the project never had a complete listing) leaves the coverage rows of the
-    # desktops it writes to one set-based fill at its end (fill_coverage), instead of
-    # recomputing a desktop on each page that holds one of its snapshots: in a first sync that
-    # is every page, and most of PostgreSQL's work.
+    # desktops it writes to one fill of the project's desktops at its end (fill_coverage),
+    # instead of recomputing a desktop on each page that holds one of its snapshots: in a first
+    # sync that is every page, and most of PostgreSQL's work.
     defer_coverage: bool = False
 
     @contextlib.asynccontextmanager
